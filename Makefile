@@ -1,0 +1,29 @@
+# pricer: make help lists the targets
+.DEFAULT_GOAL := help
+PY ?= python3
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+install: ## install pricer and its test tools (CPU torch from the local disk, no CUDA download)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+
+demo: ## the embedded default: tiny model, 4-bit, sample data, CPU, no network, < 3 min
+	$(PY) -m pricer.train experiment=demo
+
+test: ## the CI suite (CPU, tiny models, local Hub stand-in, W&B offline)
+	$(PY) -m pytest -q
+
+test-full: ## the suite plus GPU tests (run on a GPU machine)
+	$(PY) -m pytest -q -m "slow or gpu or not slow"
+
+lint: ## ruff
+	$(PY) -m ruff check pricer tests bench hydra_plugins scripts
+
+bench: ## GPU benchmarks (print numbers, write BENCHMARKS.md)
+	$(PY) bench/eval_throughput.py
+
+clean: ## remove outputs and caches
+	rm -rf outputs multirun .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,13 @@
+"""pricer: QLoRA fine-tuning of an LLM to price products, composed with Hydra.
+
+Importing the package stays light (no torch) so `--cfg job` answers at once.
+"""
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+# `${pricer_path:sample_data/train.jsonl}` in a config: a file shipped inside the package.
+OmegaConf.register_new_resolver("pricer_path", lambda rel: str(PACKAGE_DIR / rel), replace=True)

@@ -1,0 +1,184 @@
+"""Validate the composed config once, before any download or GPU allocation.
+
+Every later step takes plain arguments from the `RunConfig` made here, so a bad
+value fails in seconds with a message naming the override to change, not an hour
+into a run deep inside TRL.
+"""
+
+import difflib
+from dataclasses import dataclass, fields
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+# Keys of the `hardware` group that are pricer's own; the rest go to SFTConfig.
+HARDWARE_KEYS = ("accelerator", "memory_gib", "compute_dtype")
+COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
+OBJECTIVES = ("train_loss",)
+
+
+class ConfigError(ValueError):
+    """A one-line, user-facing error: which key is wrong and the override that fixes it."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    project: str
+    seed: int
+    optimized_metric: str
+    output_root: str
+    model: dict[str, Any]
+    lora: dict[str, Any]  # peft.LoraConfig kwargs
+    quant: dict[str, Any]  # transformers.BitsAndBytesConfig kwargs; empty: no quantization
+    sft: dict[str, Any]  # trl.SFTConfig kwargs (training + optimizer + scheduler + hardware)
+    accelerator: str
+    compute_dtype: str
+    memory_gib: float
+    data: dict[str, Any]
+    hub: dict[str, Any]
+    tracking: dict[str, Any]
+
+
+def _check_known(group: str, given: dict, known: set[str]) -> None:
+    for key in given:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean {group}.{close[0]}?)" if close else ""
+            raise ConfigError(f"{group}.{key} is not a known key{hint}: remove it or fix its name")
+
+
+def _check_lora(lora: dict) -> None:
+    from peft import LoraConfig
+
+    _check_known("lora", lora, {f.name for f in fields(LoraConfig)})
+    if not isinstance(lora.get("r"), int) or lora["r"] <= 0:
+        raise ConfigError(f"lora.r={lora.get('r')} must be a positive integer: use e.g. lora=r8 or lora.r=16")
+    if not isinstance(lora.get("lora_alpha"), (int, float)) or lora["lora_alpha"] <= 0:
+        raise ConfigError(f"lora.lora_alpha={lora.get('lora_alpha')} must be positive: use 2 x lora.r")
+    dropout = lora.get("lora_dropout", 0.0)
+    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"lora.lora_dropout={dropout} must lie in [0, 1): use e.g. lora.lora_dropout=0.1")
+
+
+def _check_quant(quant: dict) -> None:
+    import inspect
+
+    from transformers import BitsAndBytesConfig
+
+    _check_known("quant", quant, set(inspect.signature(BitsAndBytesConfig.__init__).parameters) - {"self", "kwargs"})
+    if quant.get("load_in_4bit") and quant.get("load_in_8bit"):
+        raise ConfigError("quant sets both load_in_4bit and load_in_8bit: pick quant=nf4 or quant=int8")
+    dtype = quant.get("bnb_4bit_compute_dtype")
+    if dtype is not None and dtype not in COMPUTE_DTYPES:
+        raise ConfigError(f"quant.bnb_4bit_compute_dtype={dtype} is not one of {', '.join(COMPUTE_DTYPES)}")
+
+
+def _check_sft(sft: dict) -> None:
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+    from trl import SFTConfig
+
+    _check_known("training", sft, {f.name for f in fields(SFTConfig)})
+    optimizers = sorted(o.value for o in OptimizerNames)
+    if sft.get("optim") not in optimizers:
+        close = difflib.get_close_matches(str(sft.get("optim")), optimizers, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"optimizer.optim={sft.get('optim')} is not a known optimizer{hint}: use e.g. optimizer=adamw_torch")
+    schedulers = sorted(s.value for s in SchedulerType)
+    if sft.get("lr_scheduler_type") not in schedulers:
+        close = difflib.get_close_matches(str(sft.get("lr_scheduler_type")), schedulers, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(
+            f"scheduler.lr_scheduler_type={sft.get('lr_scheduler_type')} is not a known scheduler{hint}: use e.g. scheduler=cosine"
+        )
+    if not sft.get("learning_rate", 0) > 0:
+        raise ConfigError(f"optimizer.learning_rate={sft.get('learning_rate')} must be > 0: use e.g. 1e-4")
+    if not 0 <= sft.get("warmup_steps", 0):
+        raise ConfigError(f"scheduler.warmup_steps={sft['warmup_steps']} must be >= 0 (a ratio below 1, steps above)")
+    for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length"):
+        if not isinstance(sft.get(key), int) or sft[key] <= 0:
+            raise ConfigError(f"{key}={sft.get(key)} must be a positive integer")
+    if sft.get("bf16") and sft.get("fp16"):
+        raise ConfigError("hardware sets both bf16 and fp16: keep one (hardware.fp16=false)")
+
+
+def _check_hardware(hw: dict, sft: dict, choices: dict[str, str], check_machine: bool) -> None:
+    """Needs torch only to ask whether CUDA exists; allocates nothing on the GPU."""
+    import torch
+
+    preset = f"hardware={choices.get('hardware', hw['accelerator'])}"
+    if hw["compute_dtype"] not in COMPUTE_DTYPES:
+        raise ConfigError(f"hardware.compute_dtype={hw['compute_dtype']} is not one of {', '.join(COMPUTE_DTYPES)}")
+    if hw["accelerator"] not in ("cuda", "cpu"):
+        raise ConfigError(f"hardware.accelerator={hw['accelerator']} must be cuda or cpu")
+    if check_machine and hw["accelerator"] == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{preset} needs a CUDA GPU and this machine has none: use hardware=cpu with model=tiny")
+    wants_bf16 = sft.get("bf16") or hw["compute_dtype"] == "bfloat16"
+    if wants_bf16 and choices.get("hardware") == "t4":
+        raise ConfigError("hardware=t4 has no bf16: keep hardware.bf16=false hardware.fp16=true hardware.compute_dtype=float16")
+    if check_machine and wants_bf16 and hw["accelerator"] == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"{preset}: this GPU has no bf16: use hardware=t4 (fp16)")
+    if hw["accelerator"] == "cpu" and (sft.get("bf16") or sft.get("fp16")):
+        raise ConfigError(f"{preset} trains in fp32: set hardware.bf16=false hardware.fp16=false")
+    if hw["accelerator"] == "cpu" and str(sft.get("optim", "")).startswith("paged_"):
+        raise ConfigError(f"optimizer.optim={sft['optim']} pages through CUDA memory: use optimizer=adamw_torch on {preset}")
+
+
+def _check_hub(hub: dict) -> None:
+    if hub.get("push"):
+        from huggingface_hub import get_token
+
+        if not get_token():
+            raise ConfigError(
+                "hub.push=true needs a Hugging Face token: set HF_TOKEN (or run `hf auth login`), or pass hub.push=false"
+            )
+
+
+def _check_data(data: dict) -> None:
+    if not data.get("path"):
+        raise ConfigError("data.path is empty: name a Hub dataset id or a format (json, parquet, csv) with data.data_files")
+    limit = data.get("max_train_samples")
+    if limit is not None and (not isinstance(limit, int) or limit <= 0):
+        raise ConfigError(f"data.max_train_samples={limit} must be a positive integer or null")
+
+
+def validate(cfg: DictConfig, choices: dict[str, str] | None = None, check_machine: bool = True) -> RunConfig:
+    """Check every group and return plain values; `choices` are Hydra's picked presets.
+
+    `check_machine=False` skips what depends on this machine (a GPU, a token), so a
+    GPU preset can still be checked on a laptop or in CI.
+    """
+    choices = choices or {}
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except Exception as err:  # a ??? left unset, or an interpolation that fails
+        raise ConfigError(f"{type(err).__name__}: {str(err).splitlines()[0]}: set the key on the command line") from None
+    hardware = dict(plain["hardware"])
+    hw = {key: hardware.pop(key) for key in HARDWARE_KEYS}
+    sft = {**plain["training"], **plain["optimizer"], **plain["scheduler"], **hardware}
+    if plain["optimized_metric"] not in OBJECTIVES:
+        raise ConfigError(f"optimized_metric={plain['optimized_metric']} is not one of {', '.join(OBJECTIVES)}")
+    _check_lora(plain["lora"])
+    _check_quant(plain["quant"])
+    _check_sft(sft)
+    _check_data(plain["data"])
+    _check_hardware(hw, sft, choices, check_machine)
+    if check_machine:
+        _check_hub(plain["hub"])
+    return RunConfig(
+        project=plain["project"],
+        seed=plain["seed"],
+        optimized_metric=plain["optimized_metric"],
+        output_root=plain["output_root"],
+        model=plain["model"],
+        lora=plain["lora"],
+        quant=plain["quant"],
+        sft=sft,
+        accelerator=hw["accelerator"],
+        compute_dtype=hw["compute_dtype"],
+        memory_gib=hw["memory_gib"],
+        data=plain["data"],
+        hub=plain["hub"],
+        tracking=plain["tracking"],
+    )
+

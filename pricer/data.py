@@ -1,0 +1,61 @@
+"""Load the pricer items and split each into prompt and completion at `Price is $`.
+
+The notebook trained with a completion-only collator keyed on "Price is $"; TRL 1.x
+does the same for a prompt/completion dataset, so the split happens here, once, and
+the loss falls only on the price tokens.
+"""
+
+from typing import Any
+
+PROMPT_END = "Price is $"
+
+
+class DataError(ValueError):
+    """A dataset row that cannot be used, named by split and index."""
+
+
+def load_splits(
+    path: str, data_files: dict[str, str] | None, revision: str | None, max_train_samples: int | None
+):
+    """`path` is a Hub dataset id or a local format (json, parquet, csv) with `data_files`."""
+    from datasets import load_dataset
+
+    splits = load_dataset(path, data_files=data_files, revision=revision)
+    for split in ("train", "test"):
+        if split not in splits:
+            raise DataError(f"data: no '{split}' split in {path} (found {list(splits)}): set data.data_files.{split}")
+    if max_train_samples is not None:
+        splits["train"] = splits["train"].select(range(min(max_train_samples, len(splits["train"]))))
+    for split, dataset in splits.items():
+        check_items(dataset.column_names, dataset["text"] if "text" in dataset.column_names else [],
+                    dataset["price"] if "price" in dataset.column_names else [], split)
+    return splits
+
+
+def check_items(columns: list[str], texts: list[Any], prices: list[Any], split: str) -> None:
+    """Fail on the first unusable row with its index, before any model is loaded."""
+    for column in ("text", "price"):
+        if column not in columns:
+            raise DataError(f"data: the {split} split has no '{column}' column (found {columns}): rename your columns")
+    for index, (text, price) in enumerate(zip(texts, prices)):
+        if isinstance(price, bool) or not isinstance(price, (int, float)):
+            raise DataError(f"data: {split} row {index} has a non-numeric price {price!r}: prices must be numbers")
+        if not price >= 0:
+            raise DataError(f"data: {split} row {index} has a negative or NaN price {price}: prices must be >= 0")
+        if not isinstance(text, str) or PROMPT_END not in text:
+            raise DataError(f"data: {split} row {index} has no '{PROMPT_END}' in its text: each item must end with it")
+
+
+def split_prompt_completion(text: str) -> dict[str, str]:
+    """'...Price is $24.00' -> prompt '...Price is $', completion '24.00'."""
+    cut = text.rindex(PROMPT_END) + len(PROMPT_END)
+    return {"prompt": text[:cut], "completion": text[cut:]}
+
+
+def to_prompt_completion(dataset):
+    """The training split as TRL's prompt/completion columns."""
+    return dataset.map(
+        lambda item: split_prompt_completion(item["text"]),
+        remove_columns=dataset.column_names,
+        desc="prompt/completion",
+    )

@@ -1,0 +1,210 @@
+"""Score a model on the course's test: after training, during training, and from the shell.
+
+    python -m pricer.evaluate outputs/runs/2024-09-13_13.04.39                   # a run's adapter
+    python -m pricer.evaluate me/pricer-2024-09-13_13.04.39 --revision 0a1b2c3   # a Hub repo at a commit
+    python -m pricer.evaluate outputs/runs/2024-09-13_13.04.39 --adapter none    # its base model alone
+    python -m pricer.evaluate --adapter none model=tiny data=sample hardware=cpu quant=none
+
+A run dir or Hub repo brings its own config (`.hydra/config.yaml` or `config.yaml`),
+so the base model, quantization and data are the ones the adapter was trained
+with; `key=value` arguments change it (dotted keys). Without a source, the config
+is composed from conf/train.yaml with the arguments as Hydra overrides.
+"""
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from pricer import PACKAGE_DIR
+from pricer.metrics import baseline_metrics, price_metrics, save_chart, summary_line
+from pricer.predict import DEFAULT_BATCH_TOKENS, DEFAULT_TOP_K, number_token_values, predict_prices
+
+METRICS_FILE = "metrics.json"
+CHART_FILE = "price_chart.png"
+DEFAULT_ITEMS = 250  # the course's tester scores the first 250 test items
+CONFIG_FILES = (".hydra/config.yaml", "config.yaml")  # Hydra's copy in a run dir; the Hub repo's copy
+LOGGED_DURING_TRAINING = ("price_error", "rmsle", "hit_rate", "median_error")
+
+
+def _prefixed(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}/{key}": value for key, value in metrics.items()}
+
+
+def _unprefixed(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    return {key.split("/", 1)[1]: value for key, value in metrics.items() if key.startswith(prefix + "/")}
+
+
+def evaluate_model(
+    model,
+    tokenizer,
+    prompts: list[str],
+    prices: list[float],
+    out_dir: str | Path,
+    train_prices: list[float] | None = None,
+    top_k: int = DEFAULT_TOP_K,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    title: str = "pricer",
+) -> dict[str, Any]:
+    """Predict, score, write metrics.json and price_chart.png in `out_dir`; return the metrics.
+
+    Keys are `test/...` for the model and `baseline/...` for always guessing the
+    mean of `train_prices`, side by side so a reader sees whether the model beats it.
+    """
+    guesses = predict_prices(model, tokenizer, prompts, top_k, batch_tokens)
+    test = price_metrics(guesses, prices)
+    metrics = _prefixed("test", test)
+    if train_prices:
+        metrics.update(_prefixed("baseline", baseline_metrics(train_prices, prices)))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    save_chart(guesses, prices, out / CHART_FILE, f"{title}: {summary_line(test)}")
+    return metrics
+
+
+def price_eval_callback(
+    trainer,
+    prompts: list[str],
+    prices: list[float],
+    every_steps: int,
+    top_k: int = DEFAULT_TOP_K,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+):
+    """A TrainerCallback scoring `prompts` every `every_steps` optimizer steps.
+
+    It logs through `trainer.log`, so the values reach log_history, W&B and any
+    callback's `on_log` (a sweeper's pruner) as `eval_price_error`, `eval_rmsle`,
+    `eval_hit_rate`, `eval_median_error`; W&B files `eval_*` under `eval/`. It needs
+    no eval_dataset and no eval_strategy: one batched forward pass per step logged.
+    """
+    from transformers import TrainerCallback
+
+    tokenizer = trainer.processing_class
+    values = number_token_values(tokenizer)  # inspect the tokenizer once, not at every step
+
+    class PriceEval(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % every_steps == 0:
+                guesses = predict_prices(model, tokenizer, prompts, top_k, batch_tokens, values)
+                metrics = price_metrics(guesses, prices)
+                trainer.log({f"eval_{key}": metrics[key] for key in LOGGED_DURING_TRAINING})
+
+    return PriceEval()
+
+
+def first_test_items(test_split, items: int) -> tuple[list[str], list[float]]:
+    """The first `items` test prompts (cut at `Price is $`) and their prices."""
+    from pricer.data import split_prompt_completion
+
+    head = test_split.select(range(min(items, len(test_split))))
+    return [split_prompt_completion(text)["prompt"] for text in head["text"]], [float(p) for p in head["price"]]
+
+
+def _saved_config(source: str, revision: str | None):
+    """The config saved with a run dir or a Hub repo, or None if it has none."""
+    from omegaconf import OmegaConf
+
+    if Path(source).is_dir():
+        found = [Path(source) / name for name in CONFIG_FILES if (Path(source) / name).exists()]
+        return OmegaConf.load(found[0]) if found else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    for name in CONFIG_FILES:
+        try:
+            return OmegaConf.load(hf_hub_download(source, name, revision=revision))
+        except EntryNotFoundError:
+            continue
+    return None
+
+
+def run_config(source: str | None, revision: str | None, overrides: list[str]) -> dict[str, Any]:
+    """The model, quant, hardware and data groups, resolved to plain values."""
+    from omegaconf import OmegaConf
+
+    cfg = _saved_config(source, revision) if source else None
+    if cfg is None:
+        from hydra import compose, initialize_config_dir
+
+        with initialize_config_dir(str(PACKAGE_DIR.parent / "conf"), version_base="1.3"):
+            cfg = compose("train", overrides=overrides)
+    else:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    return {group: OmegaConf.to_container(cfg[group], resolve=True) for group in ("model", "quant", "hardware", "data")}
+
+
+def load_for_eval(config: dict[str, Any], adapter: str | None, revision: str | None):
+    """Tokenizer and model as the run trained them, with the adapter on top if given.
+
+    The tokenizer comes from the base model: training does not change it, so one
+    code path serves runs, Hub repos and the base model alone.
+    """
+    from pricer.modeling import ensure_tiny_model, load_model, load_tokenizer
+
+    model_cfg, hardware = config["model"], config["hardware"]
+    path = model_cfg["pretrained_model_name_or_path"]
+    if model_cfg.get("build_tiny"):
+        ensure_tiny_model(path)
+    tokenizer = load_tokenizer(path, model_cfg["revision"], model_cfg["trust_remote_code"])
+    model = load_model(
+        path,
+        model_cfg["revision"],
+        model_cfg["trust_remote_code"],
+        model_cfg["attn_implementation"],
+        config["quant"] or {},
+        hardware["compute_dtype"],
+        hardware["accelerator"],
+        tokenizer.pad_token_id,
+    )
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter, revision=revision)
+    return model, tokenizer
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pricer.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("args", nargs="*", metavar="SOURCE | key=value",
+                        help="a run dir or Hub repo id (at most one), then config overrides")
+    parser.add_argument("--revision", default=None, help="Hub commit, branch or tag of SOURCE")
+    parser.add_argument("--adapter", choices=["source", "none"], default="source",
+                        help="none: the base model alone (the baseline row)")
+    parser.add_argument("-n", "--items", type=int, default=DEFAULT_ITEMS, help="first N test items")
+    parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
+    parser.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS)
+    parser.add_argument("--out", default=None, help="default: outputs/eval/{source}[-base][@revision]")
+    args = parser.parse_args(argv)
+    sources = [a for a in args.args if "=" not in a]
+    if len(sources) > 1:
+        parser.error(f"one SOURCE at most, got {sources}")
+    args.source, args.overrides = (sources or [None])[0], [a for a in args.args if "=" in a]
+    if args.source is None and args.adapter != "none":
+        parser.error("no SOURCE: name a run dir or Hub repo, or pass --adapter none for the base model")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = _parse_args(argv)
+    config = run_config(args.source, args.revision, args.overrides)
+    name = Path(args.source or config["model"]["pretrained_model_name_or_path"]).name
+    name += ("-base" if args.adapter == "none" else "") + (f"@{args.revision}" if args.revision else "")
+    out = Path(args.out or Path("outputs") / "eval" / name)
+    model, tokenizer = load_for_eval(config, None if args.adapter == "none" else args.source, args.revision)
+
+    from pricer.data import load_splits
+
+    data = config["data"]
+    splits = load_splits(data["path"], data["data_files"], data["revision"], data["max_train_samples"])
+    prompts, prices = first_test_items(splits["test"], args.items)
+    train_prices = [float(p) for p in splits["train"]["price"]]
+    metrics = evaluate_model(model, tokenizer, prompts, prices, out, train_prices, args.top_k, args.batch_tokens, name)
+    print(f"{name}: {summary_line(_unprefixed('test', metrics))}")
+    print(f"constant mean ${metrics['baseline/guess']:,.2f}: {summary_line(_unprefixed('baseline', metrics))}")
+    print(f"wrote {out / METRICS_FILE} and {out / CHART_FILE}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Run names from the start time (SPEC section 2), unique even within one second.
+
+Hydra starts the jobs of a multirun back to back, and sweep workers start in
+parallel: two runs can share a timestamp. A name is claimed by creating a marker
+file with O_EXCL, which the filesystem grants to exactly one process; the loser
+takes the next suffix. Names stay valid Hub repo ids.
+"""
+
+import os
+import re
+from datetime import datetime
+from pathlib import Path
+
+RUN_NAME_FORMAT = "%Y-%m-%d_%H.%M.%S"  # the notebook's: 2024-09-13_13.04.39
+# Hub repo names: letters, digits, '-', '_', '.'; no '--' or '..'; not starting or ending with '-' or '.'; <= 96.
+_REPO_NAME = re.compile(r"^(?![.-])(?!.*(--|\.\.))[A-Za-z0-9._-]{1,96}(?<![.-])$")
+
+
+def timestamp_name(start: datetime) -> str:
+    return start.strftime(RUN_NAME_FORMAT)
+
+
+def claim_run_name(start: datetime, registry: Path) -> str:
+    """The timestamp name, or `{timestamp}_{n}` when another run already holds it."""
+    registry.mkdir(parents=True, exist_ok=True)
+    base = timestamp_name(start)
+    for n in range(1000):
+        name = base if n == 0 else f"{base}_{n}"
+        try:
+            os.close(os.open(registry / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return name
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"more than 1000 runs started at {base}")
+
+
+def project_run_name(project: str, run_name: str) -> str:
+    return f"{project}-{run_name}"
+
+
+def hub_repo_id(hf_user: str, project: str, run_name: str) -> str:
+    repo_name = project_run_name(project, run_name)
+    if not is_valid_repo_name(repo_name):
+        raise ValueError(f"project={project} makes an invalid Hub repo name {repo_name!r}: use letters, digits, '-', '_'")
+    return f"{hf_user}/{repo_name}"
+
+
+def is_valid_repo_name(name: str) -> bool:
+    return bool(_REPO_NAME.match(name))

@@ -1,0 +1,55 @@
+"""Weights & Biases: one run per job, always finished, never holding a secret.
+
+pricer starts the W&B run itself (rather than leaving it to the Trainer's callback)
+to choose its name, group and config; the callback then logs into that run. The
+run is finished in `finish`, whatever happened, so the next job of a multirun
+starts a fresh run instead of appending to this one.
+"""
+
+from typing import Any
+
+
+def start(
+    backend: str,
+    project: str,
+    name: str,
+    group: str | None,
+    config: dict[str, Any],
+    run_dir: str,
+    entity: str | None = None,
+    tags: list[str] | None = None,
+) -> list[str]:
+    """Start tracking; returns the Trainer's `report_to`."""
+    if backend == "none":
+        return []
+    import wandb
+
+    wandb.init(
+        project=project,
+        entity=entity,
+        name=name,
+        group=group,
+        tags=tags or [],
+        config=config,
+        dir=run_dir,
+        reinit="finish_previous",
+    )
+    return ["wandb"]
+
+
+def log_summary(backend: str, metrics: dict[str, float]) -> None:
+    if backend == "none":
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.run.summary.update(metrics)
+
+
+def finish(backend: str, failed: bool) -> None:
+    if backend == "none":
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish(exit_code=1 if failed else 0)

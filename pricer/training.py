@@ -1,0 +1,56 @@
+"""TRL's SFTConfig and SFTTrainer, built here and nowhere else."""
+
+from typing import Any
+
+
+def build_sft_config(
+    sft: dict[str, Any],
+    output_dir: str,
+    run_name: str,
+    report_to: list[str],
+    seed: int,
+    use_cpu: bool,
+    hub_model_id: str | None,
+    hub_private_repo: bool,
+    hub_strategy: str,
+):
+    """`sft` holds SFTConfig's own field names, straight from the YAML groups."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **sft,
+        output_dir=output_dir,
+        run_name=run_name,
+        report_to=report_to,
+        seed=seed,
+        use_cpu=use_cpu,
+        completion_only_loss=True,  # loss on the price only, as the notebook's collator did
+        push_to_hub=hub_model_id is not None,
+        hub_model_id=hub_model_id,
+        hub_private_repo=hub_private_repo,
+        hub_strategy=hub_strategy,
+        save_only_model=False,
+    )
+
+
+def build_trainer(model, tokenizer, args, lora_config, train_dataset, callbacks: list):
+    from trl import SFTTrainer
+
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config,
+        callbacks=callbacks,
+    )
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total); 4-bit weights count as their unpacked size."""
+    trainable = total = 0
+    for param in model.parameters():
+        n = param.numel() * (2 if param.dtype.itemsize == 1 and hasattr(param, "quant_state") else 1)
+        total += n
+        trainable += n if param.requires_grad else 0
+    return trainable, total
