@@ -7,7 +7,7 @@ help: ## list the targets
 
 install: ## install pricer and its test tools (CPU torch from the local disk, no CUDA download)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev]" --config-settings editable_mode=compat  # compat: Hydra finds hydra_plugins/
 
 demo: ## the embedded default: tiny model, 4-bit, sample data, CPU, no network, < 3 min
 	$(PY) -m pricer.train experiment=demo

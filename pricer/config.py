@@ -111,11 +111,11 @@ def _check_hardware(hw: dict, sft: dict, choices: dict[str, str], check_machine:
         raise ConfigError(f"hardware.compute_dtype={hw['compute_dtype']} is not one of {', '.join(COMPUTE_DTYPES)}")
     if hw["accelerator"] not in ("cuda", "cpu"):
         raise ConfigError(f"hardware.accelerator={hw['accelerator']} must be cuda or cpu")
-    if check_machine and hw["accelerator"] == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{preset} needs a CUDA GPU and this machine has none: use hardware=cpu with model=tiny")
     wants_bf16 = sft.get("bf16") or hw["compute_dtype"] == "bfloat16"
     if wants_bf16 and choices.get("hardware") == "t4":
         raise ConfigError("hardware=t4 has no bf16: keep hardware.bf16=false hardware.fp16=true hardware.compute_dtype=float16")
+    if check_machine and hw["accelerator"] == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{preset} needs a CUDA GPU and this machine has none: use hardware=cpu with model=tiny")
     if check_machine and wants_bf16 and hw["accelerator"] == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"{preset}: this GPU has no bf16: use hardware=t4 (fp16)")
     if hw["accelerator"] == "cpu" and (sft.get("bf16") or sft.get("fp16")):

@@ -18,9 +18,13 @@ def load_splits(
     path: str, data_files: dict[str, str] | None, revision: str | None, max_train_samples: int | None
 ):
     """`path` is a Hub dataset id or a local format (json, parquet, csv) with `data_files`."""
-    from datasets import load_dataset
+    from datasets import DatasetDict, load_dataset
 
-    splits = load_dataset(path, data_files=data_files, revision=revision)
+    if data_files:  # one file set at a time, so a broken file is named by its split
+        splits = DatasetDict({name: load_dataset(path, data_files={name: files}, split=name)
+                              for name, files in data_files.items()})
+    else:
+        splits = load_dataset(path, revision=revision)
     for split in ("train", "test"):
         if split not in splits:
             raise DataError(f"data: no '{split}' split in {path} (found {list(splits)}): set data.data_files.{split}")

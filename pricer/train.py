@@ -110,7 +110,9 @@ def fit(run: RunConfig, model, tokenizer, data, run_dir: Path, project_run_name:
         hub_private_repo=run.hub["private"],
         hub_strategy=run.hub["hub_strategy"],
     )
-    trainer = build_trainer(model, tokenizer, args, build_lora_config(run.lora), data["train"], callbacks=[])
+    trainer = build_trainer(
+        model, tokenizer, args, build_lora_config(run.lora), data["train"], callbacks=[], compute_dtype=run.compute_dtype
+    )
     trainable, total = count_parameters(trainer.model)
     batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     log.info(

@@ -33,10 +33,11 @@ def build_sft_config(
     )
 
 
-def build_trainer(model, tokenizer, args, lora_config, train_dataset, callbacks: list):
+def build_trainer(model, tokenizer, args, lora_config, train_dataset, callbacks: list, compute_dtype: str):
+    import torch
     from trl import SFTTrainer
 
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
@@ -44,6 +45,13 @@ def build_trainer(model, tokenizer, args, lora_config, train_dataset, callbacks:
         peft_config=lora_config,
         callbacks=callbacks,
     )
+    if compute_dtype != "bfloat16":
+        # TRL casts a quantized model's trainable weights to bf16. A T4 has no bf16 and a CPU
+        # runs it slowly, so off bf16 hardware the adapter trains in fp32, as the notebook's did.
+        for param in trainer.model.parameters():
+            if param.requires_grad:
+                param.data = param.data.to(torch.float32)
+    return trainer
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -1,0 +1,77 @@
+"""Shared fixtures: the real config composed with Hydra's compose API, shrunk for CPU.
+
+Nothing here reaches a network: the tiny model is built locally, W&B runs offline,
+and the Hub is a local HTTP stand-in (tests/hub_server.py).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from hub_server import hub_stand_in  # noqa: F401  (fixture)
+from pricer import PACKAGE_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+# A short, seeded demo run: enough steps for the loss to fall, small enough for CI.
+SMOKE = [
+    "experiment=demo",
+    "training.max_steps=30",
+    "training.logging_steps=5",
+    "training.save_steps=15",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_env(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No network, no real credentials, one tiny model per session."""
+    os.environ["PRICER_CACHE"] = str(tmp_path_factory.mktemp("pricer-cache"))
+    os.environ["WANDB_MODE"] = "offline"
+    os.environ["WANDB_SILENT"] = "true"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    for secret in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY"):
+        os.environ.pop(secret, None)
+    os.environ["HF_HOME"] = str(tmp_path_factory.mktemp("hf-home"))  # no saved token either
+
+
+def compose_train(overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
+    """The composed config (without Hydra's own section) and the chosen presets."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if v is not None}
+    with_hydra = OmegaConf.to_container(cfg, resolve=False)
+    del with_hydra["hydra"]
+    return OmegaConf.create(with_hydra), choices
+
+
+@pytest.fixture(scope="session")
+def sample_texts() -> list[str]:
+    with open(PACKAGE_DIR / "sample_data" / "train.jsonl") as f:
+        return [json.loads(line)["text"] for line in f]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(sample_texts: list[str]) -> Path:
+    from pricer.tiny import build_tiny_model
+
+    return build_tiny_model(Path(os.environ["PRICER_CACHE"]) / "tiny-llama", sample_texts)
+
+
+def run_cli(args: list[str], env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m pricer.train ...` as a user runs it, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "pricer.train", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,74 @@
+"""Each bad input gives one line naming the key and the fix, before any download."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import compose_train, run_cli
+
+from pricer.config import ConfigError, validate
+from pricer.data import DataError, load_splits
+
+DEMO = ["experiment=demo"]
+BAD_CONFIGS = [
+    ([], "hardware=a100 needs a CUDA GPU"),  # the notebook's default on a machine without one
+    (["hardware=h100"], "hardware=h100 needs a CUDA GPU"),
+    (["hardware=t4", "hardware.bf16=true", "hardware.fp16=false"], "hardware=t4 has no bf16"),
+    (["hardware=t4", "hardware.compute_dtype=bfloat16"], "hardware=t4 has no bf16"),
+    ([*DEMO, "lora.r=0"], "lora.r=0 must be a positive integer"),
+    ([*DEMO, "lora.r=-8"], "lora.r=-8 must be a positive integer"),
+    ([*DEMO, "lora.lora_dropout=1.0"], "lora.lora_dropout=1.0 must lie in [0, 1)"),
+    ([*DEMO, "lora.lora_dropout=-0.1"], "lora.lora_dropout=-0.1 must lie in [0, 1)"),
+    ([*DEMO, "optimizer.optim=adamw_troch"], "optimizer.optim=adamw_troch is not a known optimizer (did you mean adamw_torch?)"),
+    ([*DEMO, "scheduler.lr_scheduler_type=cosine_warm"], "scheduler.lr_scheduler_type=cosine_warm is not a known scheduler"),
+    ([*DEMO, "optimizer=paged_adamw_32bit"], "optimizer.optim=paged_adamw_32bit pages through CUDA memory"),
+    ([*DEMO, "optimizer.learning_rate=0"], "optimizer.learning_rate=0 must be > 0"),
+    ([*DEMO, "+lora.rank=8"], "lora.rank is not a known key"),
+    ([*DEMO, "+training.max_seq_length=182"], "training.max_seq_length is not a known key (did you mean training.max_length?)"),
+    ([*DEMO, "+quant.load_in_8bit=true"], "quant sets both load_in_4bit and load_in_8bit"),
+    ([*DEMO, "hardware.fp16=true"], "hardware=cpu trains in fp32"),
+    ([*DEMO, "hub.push=true"], "hub.push=true needs a Hugging Face token"),
+    ([*DEMO, "optimized_metric=accuracy"], "optimized_metric=accuracy is not one of"),
+    ([*DEMO, "data=local"], "MissingMandatoryValue"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_CONFIGS, ids=[" ".join(o) or "defaults" for o, _ in BAD_CONFIGS])
+def test_bad_config_is_one_clear_line(overrides: list[str], message: str) -> None:
+    cfg, choices = compose_train(overrides)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg, choices)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+GOOD = {"text": "How much?\n\nA lamp\n\nPrice is $12.00", "price": 12.0}
+BAD_DATA = [
+    ([{"title": "x", "price": 1.0}], "the train split has no 'text' column"),
+    ([{"text": GOOD["text"], "cost": 1.0}], "the train split has no 'price' column"),
+    ([GOOD, {"text": GOOD["text"], "price": "twelve"}], "train row 1 has a non-numeric price 'twelve'"),
+    ([GOOD, GOOD, {"text": GOOD["text"], "price": -3.0}], "train row 2 has a negative or NaN price -3.0"),
+    ([{"text": "A lamp that costs 12 dollars", "price": 12.0}], "train row 0 has no 'Price is $' in its text"),
+]
+
+
+@pytest.mark.parametrize(("rows", "message"), BAD_DATA, ids=[m.split(" has ")[-1][:30] for _, m in BAD_DATA])
+def test_bad_dataset_names_the_row(tmp_path: Path, rows: list[dict], message: str) -> None:
+    files = {"train": write_jsonl(tmp_path / "train.jsonl", rows), "test": write_jsonl(tmp_path / "test.jsonl", [GOOD])}
+    with pytest.raises(DataError) as err:
+        load_splits("json", files, None, None)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cli_exits_with_one_line_before_loading_anything(tmp_path: Path) -> None:
+    out = run_cli([*DEMO, "lora.lora_dropout=1.5", f"hydra.run.dir={tmp_path}/run", f"output_root={tmp_path}"])
+    assert out.returncode == 2
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: lora.lora_dropout=1.5 must lie in [0, 1): use e.g. lora.lora_dropout=0.1"]
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "run" / "adapter").exists()

@@ -1,0 +1,79 @@
+"""Every option of every group composes and builds its library objects (no weights)."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import CONF_DIR, ROOT, compose_train
+
+from pricer.config import validate
+from pricer.modeling import build_bnb_config, build_lora_config
+from pricer.training import build_sft_config
+
+GROUPS = ["model", "lora", "quant", "optimizer", "scheduler", "hardware", "data", "tracking", "experiment"]
+# Options that need a value no preset can know.
+REQUIRED = {
+    ("data", "local"): ["data.data_files.train=a.jsonl", "data.data_files.test=b.jsonl"],
+    ("hardware", "cpu"): ["optimizer=adamw_torch"],  # paged optimizers need CUDA
+}
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+
+
+def build_all(overrides: list[str]):
+    cfg, choices = compose_train(overrides)
+    run = validate(cfg, choices, check_machine=False)
+    sft = build_sft_config(
+        run.sft, output_dir="unused", run_name="r", report_to=[], seed=run.seed, use_cpu=True,
+        hub_model_id=None, hub_private_repo=True, hub_strategy="every_save",
+    )
+    return run, build_lora_config(run.lora), build_bnb_config(run.quant), sft
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_builds(group: str, option: str) -> None:
+    overrides = [f"{group}={option}", *REQUIRED.get((group, option), [])]
+    run, lora, bnb, sft = build_all(overrides)
+    assert lora.r == run.lora["r"] and lora.lora_alpha == 2 * lora.r
+    assert sft.max_length == 182 and sft.completion_only_loss is True
+    assert (bnb is None) == (not run.quant)
+
+
+def test_defaults_reproduce_the_notebook() -> None:
+    """SPEC section 2, value by value."""
+    run, lora, bnb, sft = build_all([])
+    assert run.model["pretrained_model_name_or_path"] == "meta-llama/Meta-Llama-3.1-8B"
+    assert run.project == "pricer" and run.data["path"] == "ed-donner/pricer-data"
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout, lora.bias) == (32, 64, 0.1, "none")
+    assert set(lora.target_modules) == {"q_proj", "v_proj", "k_proj", "o_proj"} and lora.task_type == "CAUSAL_LM"
+    assert bnb.load_in_4bit and bnb.bnb_4bit_quant_type == "nf4" and bnb.bnb_4bit_use_double_quant
+    assert str(bnb.bnb_4bit_compute_dtype) == "torch.bfloat16"
+    assert (sft.learning_rate, sft.lr_scheduler_type.value, sft.warmup_steps) == (1e-4, "cosine", 0.03)
+    assert (sft.optim.value, sft.weight_decay, sft.max_grad_norm) == ("paged_adamw_32bit", 0.001, 0.3)
+    assert (sft.per_device_train_batch_size, sft.gradient_accumulation_steps, sft.bf16) == (16, 1, True)
+    assert (sft.logging_steps, sft.save_steps, sft.save_total_limit) == (50, 2000, 10)
+    assert sft.train_sampling_strategy == "group_by_length" and sft.eval_strategy.value == "no"
+    assert run.hub["private"] and run.hub["hub_strategy"] == "every_save"
+
+
+def test_t4_preset_is_fp16_without_bf16() -> None:
+    run, lora, bnb, sft = build_all(["lora=r8", "hardware=t4"])
+    assert (lora.r, lora.lora_alpha) == (8, 16)
+    assert sft.fp16 and not sft.bf16 and str(bnb.bnb_4bit_compute_dtype) == "torch.float16"
+    assert 1 <= sft.per_device_train_batch_size <= 4
+
+
+def test_cfg_job_prints_config_without_torch() -> None:
+    """`--cfg job` answers from the YAML alone: no torch import, so it is instant."""
+    code = (
+        "import sys, runpy\n"
+        "sys.argv = ['pricer.train', 'lora=r8', 'hardware=t4', '--cfg', 'job']\n"
+        "try:\n    runpy.run_module('pricer.train', run_name='__main__')\n"
+        "finally:\n    print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH', file=sys.stderr)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "NO_TORCH" in out.stderr
+    printed = yaml.safe_load(out.stdout)
+    assert (printed["lora"]["r"], printed["lora"]["lora_alpha"]) == (8, 16)
+    assert printed["hardware"]["fp16"] is True and printed["hardware"]["bf16"] is False

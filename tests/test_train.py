@@ -1,0 +1,86 @@
+"""Training end to end on the tiny model: it learns, it pushes, it tracks, it leaks nothing."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SMOKE, compose_train, run_cli
+from safetensors.torch import load_file
+
+from pricer.config import validate
+from pricer.train import fit, load_data, load_model
+
+FAKE_WANDB_KEY = "wandbsecret0123456789abcdef0123456789abcd"
+
+
+@pytest.mark.slow
+def test_qlora_trains_adapter_and_keeps_4bit_base(tmp_path: Path) -> None:
+    """In process: LoRA weights move, the packed 4-bit base weights do not, the loss falls."""
+    cfg, choices = compose_train(SMOKE)
+    run = validate(cfg, choices)
+    tokenizer, model = load_model(run)
+    packed = {name: p for name, p in model.named_parameters() if p.dtype == torch.uint8}
+    assert len(packed) == 4 * 7, "every linear layer of the 4 decoder layers is nf4"
+    before = {name: p.detach().clone() for name, p in packed.items()}
+
+    metrics = fit(run, model, tokenizer, load_data(run), tmp_path, "pricer-test", [], None)
+
+    for name, param in packed.items():
+        assert torch.equal(param, before[name]) and not param.requires_grad, name
+    lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b), "lora_B starts at zero and must have moved"
+    assert metrics["last_logged_loss"] < 0.5 * metrics["first_logged_loss"]
+    assert metrics["train_steps"] == 30
+
+
+@pytest.mark.slow
+def test_cli_run_trains_pushes_tracks_and_leaks_no_secret(tmp_path: Path, hub_stand_in, tiny_model_dir) -> None:
+    run_dir = tmp_path / "run"
+    out = run_cli(
+        [*SMOKE, "hub.push=true", "tracking=wandb", f"hydra.run.dir={run_dir}", f"output_root={tmp_path}"],
+        env={"WANDB_API_KEY": FAKE_WANDB_KEY, "HF_HUB_OFFLINE": "0"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    # Learning: the adapter moved away from its init and the logged loss fell.
+    adapter = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    assert all(t.abs().sum() > 0 for name, t in adapter.items() if "lora_B" in name)
+    base_head = load_file(tiny_model_dir / "model.safetensors")["lm_head.weight"]
+    trained_head = next(t for name, t in adapter.items() if "lm_head" in name)
+    assert not torch.allclose(base_head, trained_head)
+    state = json.loads((run_dir / "checkpoints" / "checkpoint-30" / "trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert losses[-1] < 0.5 * losses[0]
+
+    # Hub: one private repo named pricer-{timestamp}, every save pushed, then the final files.
+    (repo_id,) = hub_stand_in.repos
+    assert re.fullmatch(r"pricer-tester/pricer-\d{4}-\d\d-\d\d_\d\d\.\d\d\.\d\d(_\d+)?", repo_id)
+    repo = hub_stand_in.repos[repo_id]
+    assert repo.private
+    messages = [commit.message for commit in repo.commits]
+    assert sum("Training in progress" in m for m in messages) == 2, messages  # steps 15 and 30
+    assert messages[-1] == "final adapter, tokenizer and model card"
+    files = hub_stand_in.files(repo_id)
+    assert files["adapter_model.safetensors"] == (run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert {"adapter_config.json", "tokenizer.json", "README.md", "metrics.json", "config.yaml"} <= set(files)
+    assert not [path for path in files if path.startswith(("checkpoint-", "wandb", ".hydra")) or path.endswith(".log")]
+    card = files["README.md"].decode()
+    assert "base_model:" in card and "tiny-llama" in card and "train_loss" in card and "lora_dropout" in card
+
+    # W&B (offline): one run, named after the project run, holding the resolved config
+    # (the .wandb file is W&B's protobuf record log: the config values appear in it verbatim).
+    (wandb_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    records = wandb_file.read_bytes()
+    project_run = repo_id.split("/")[1]
+    assert project_run.encode() in records and b"lora_dropout" in records and repo_id.encode() in records
+
+    # No secret anywhere: not in any file the run wrote, not in its output.
+    for secret in (hub_stand_in.token, FAKE_WANDB_KEY):
+        assert secret not in out.stdout + out.stderr
+        for path in tmp_path.rglob("*"):
+            if path.is_file():
+                assert secret.encode() not in path.read_bytes(), path
+        for path, content in files.items():
+            assert secret.encode() not in content, path
