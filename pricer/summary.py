@@ -1,0 +1,47 @@
+"""A Hydra callback that ends a --multirun with a table of every job's objective.
+
+Hydra's basic sweeper returns the jobs' values but prints nothing; a sweep of 3
+runs should end with the 3 numbers side by side, best first, and a YAML copy in
+the sweep dir.
+"""
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger("pricer")
+
+
+class SweepSummary(Callback):
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        failed = job_return.status != JobStatus.COMPLETED
+        value = None if failed else job_return.return_value
+        self.rows.append(
+            {
+                "job": config.hydra.job.num,
+                "overrides": " ".join(config.hydra.overrides.task),
+                "objective": float(value) if isinstance(value, (int, float)) else None,
+                "status": "FAILED" if failed else "COMPLETED",
+            }
+        )
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not self.rows:
+            return
+        rows = sorted(self.rows, key=lambda r: math.inf if r["objective"] is None else r["objective"])
+        metric = config.get("optimized_metric", "objective")
+        lines = [f"{'job':>4}  {metric:>12}  {'status':<9}  overrides"]
+        for row in rows:
+            value = "-" if row["objective"] is None else f"{row['objective']:.4f}"
+            lines.append(f"{row['job']:>4}  {value:>12}  {row['status']:<9}  {row['overrides']}")
+        log.info("sweep summary (%s, lower is better):\n%s", metric, "\n".join(lines))
+        Path(config.hydra.sweep.dir, "summary.yaml").write_text(yaml.safe_dump({"metric": metric, "jobs": rows}))

@@ -1,0 +1,44 @@
+"""A grid --multirun: distinct names, repos and W&B runs, one W&B group, a summary."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import run_cli
+
+
+@pytest.mark.slow
+def test_grid_over_dropout(tmp_path: Path, hub_stand_in) -> None:
+    sweep_dir = tmp_path / "sweep"
+    out = run_cli(
+        [
+            "--multirun",
+            "experiment=demo",
+            "training.max_steps=6",
+            "training.logging_steps=2",
+            "training.save_steps=100",
+            "hub.push=true",
+            "tracking=wandb",
+            "lora.lora_dropout=0.05,0.1,0.2",
+            f"hydra.sweep.dir={sweep_dir}",
+            f"output_root={tmp_path}",
+        ],
+        env={"HF_HUB_OFFLINE": "0"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    summary = yaml.safe_load((sweep_dir / "summary.yaml").read_text())
+    assert summary["metric"] == "train_loss"
+    dropouts = [o.split("=")[1] for job in summary["jobs"] for o in job["overrides"].split() if o.startswith("lora.lora_dropout=")]
+    assert sorted(dropouts) == ["0.05", "0.1", "0.2"]
+    assert all(job["status"] == "COMPLETED" and job["objective"] > 0 for job in summary["jobs"])
+    assert "sweep summary (train_loss" in out.stdout + out.stderr
+
+    assert len(hub_stand_in.repos) == 3 and all(repo.private for repo in hub_stand_in.repos.values())
+    names = [repo_id.split("/")[1] for repo_id in hub_stand_in.repos]
+    records = [f.read_bytes() for f in sorted(sweep_dir.glob("*/wandb/offline-run-*/run-*.wandb"))]
+    assert len(records) == 3
+    group = f"sweep-{sweep_dir.name}".encode()
+    assert all(group in record for record in records)
+    assert all(sum(name.encode() in record for record in records) == 1 for name in names)
+    assert sorted(p.name for p in sweep_dir.glob("*/adapter")) == ["adapter"] * 3
