@@ -21,7 +21,7 @@ import re
 import torch
 
 DEFAULT_TOP_K = 3  # the course's top_K
-DEFAULT_BATCH_TOKENS = 16_384  # ~100 prompts of ~160 tokens; activations stay well under 1 GB on 8B
+DEFAULT_BATCH_TOKENS = 32_768  # ~200 prompts; 8B nf4 peaks ~4 GB of activations (H200: +11 % items/s over 8k)
 GENERATE_TOKENS = 4  # "123.45" is "123", ".", "45": the first token already holds the dollars
 NO_ANSWER = 0.0  # an unparseable answer: the course's extract_price also returns 0 (a miss, never hidden)
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -53,13 +53,23 @@ def plan_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     """Indices grouped longest first, each batch at most `batch_tokens` once padded.
 
     Longest first: the largest activations are allocated at once, so an
-    out-of-memory shows on the first batch, not the last.
+    out-of-memory shows on the first batch, not the last. Batches are then evened
+    out (250 prompts in two batches of 125, not 180 + 70): each forward pass pays
+    a fixed cost (dequantizing every nf4 weight), best spread over many tokens.
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    fewest = len(_fill(order, lengths, batch_tokens, len(order)))
+    cap = -(-len(order) // max(fewest, 1))  # the even share; raised until no extra batch is needed
+    while len(batches := _fill(order, lengths, batch_tokens, cap)) > fewest:
+        cap += 1
+    return batches
+
+
+def _fill(order: list[int], lengths: list[int], batch_tokens: int, max_items: int) -> list[list[int]]:
     batches: list[list[int]] = []
     for index in order:
         # sorted descending: the batch's first item sets its padded width
-        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= batch_tokens:
+        if batches and len(batches[-1]) < max_items and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= batch_tokens:
             batches[-1].append(index)
         else:
             batches.append([index])
