@@ -27,6 +27,7 @@ class RunConfig:
     seed: int
     optimized_metric: str
     output_root: str
+    resume: str | None
     model: dict[str, Any]
     lora: dict[str, Any]  # peft.LoraConfig kwargs
     quant: dict[str, Any]  # transformers.BitsAndBytesConfig kwargs; empty: no quantization
@@ -170,6 +171,7 @@ def validate(cfg: DictConfig, choices: dict[str, str] | None = None, check_machi
         seed=plain["seed"],
         optimized_metric=plain["optimized_metric"],
         output_root=plain["output_root"],
+        resume=plain["resume"],
         model=plain["model"],
         lora=plain["lora"],
         quant=plain["quant"],

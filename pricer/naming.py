@@ -47,3 +47,11 @@ def hub_repo_id(hf_user: str, project: str, run_name: str) -> str:
 
 def is_valid_repo_name(name: str) -> bool:
     return bool(_REPO_NAME.match(name))
+
+
+def tracker_run_id() -> str:
+    """A W&B run id, kept in run.json so a resumed run logs into the same W&B run."""
+    import secrets
+    import string
+
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))

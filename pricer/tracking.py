@@ -16,6 +16,7 @@ def start(
     group: str | None,
     config: dict[str, Any],
     run_dir: str,
+    run_id: str,
     entity: str | None = None,
     tags: list[str] | None = None,
 ) -> list[str]:
@@ -32,6 +33,8 @@ def start(
         tags=tags or [],
         config=config,
         dir=run_dir,
+        id=run_id,
+        resume="allow",  # a resumed pricer run continues its W&B run
         reinit="finish_previous",
     )
     return ["wandb"]
@@ -46,10 +49,13 @@ def log_summary(backend: str, metrics: dict[str, float]) -> None:
         wandb.run.summary.update(metrics)
 
 
-def finish(backend: str, failed: bool) -> None:
+def finish(backend: str, status: str) -> None:
+    """`status` is the run's: finished, interrupted (resumable) or failed."""
     if backend == "none":
         return
     import wandb
 
     if wandb.run is not None:
-        wandb.finish(exit_code=1 if failed else 0)
+        if status == "interrupted":
+            wandb.mark_preempting()
+        wandb.finish(exit_code=0 if status == "finished" else 1)

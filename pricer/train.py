@@ -5,6 +5,7 @@ the data, build the model, train, save, push, return the objective that a
 --multirun sweeper minimises.
 """
 
+import json
 import logging
 import sys
 from datetime import datetime
@@ -17,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from pricer.config import ConfigError, RunConfig, validate
 from pricer.data import DataError
+from pricer.resume import ResumeError, find_resumable, read_run, write_run
+from pricer.secrets import install_redaction
 
 log = logging.getLogger("pricer")
 
@@ -25,18 +28,11 @@ def train(cfg: DictConfig) -> float:
     start = datetime.now()
     hydra_cfg = HydraConfig.get()
     run = validate(cfg, choices=dict(hydra_cfg.runtime.choices))  # fails here, before any download
-    run_dir = Path(hydra_cfg.runtime.output_dir)
+    from pricer import tracking
+    from pricer.interrupt import Interrupted
 
-    from pricer import hub, naming, tracking
-
-    run_name = naming.claim_run_name(start, Path(run.output_root) / ".run_names")
-    project_run_name = naming.project_run_name(run.project, run_name)
-    repo_id = None
-    if run.hub["push"]:
-        repo_id = naming.hub_repo_id(run.hub["hf_user"] or hub.account_name(), run.project, run_name)
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    group = f"sweep-{Path(hydra_cfg.sweep.dir).name}" if multirun else None
-    log.info("run %s -> %s (hub: %s)", project_run_name, run_dir, repo_id or "off")
+    run_dir, meta = start_or_resume(run, hydra_cfg, start)
+    log.info("run %s -> %s (hub: %s)", meta["project_run_name"], run_dir, meta["repo_id"] or "off")
 
     data = load_data(run)
     tokenizer, model = load_model(run)
@@ -45,23 +41,59 @@ def train(cfg: DictConfig) -> float:
     report_to = tracking.start(
         run.tracking["backend"],
         run.tracking.get("project", run.project),
-        project_run_name,
-        group,
-        OmegaConf.to_container(cfg, resolve=True) | {"run_name": run_name, "hub_repo": repo_id},
+        meta["project_run_name"],
+        meta["group"],
+        OmegaConf.to_container(cfg, resolve=True) | {"run_name": meta["run_name"], "hub_repo": meta["repo_id"]},
         str(run_dir),
+        meta["wandb_id"],
         run.tracking.get("entity"),
         run.tracking.get("tags"),
     )
-    failed = True
+    status = "failed"
     try:
-        metrics = fit(run, model, tokenizer, data, run_dir, project_run_name, report_to, repo_id)
+        metrics = fit(run, model, tokenizer, data, run_dir, meta, report_to)
         tracking.log_summary(run.tracking["backend"], metrics)
-        write_card_and_push(run, run_dir, run_name, repo_id, config_yaml, metrics)
-        failed = False
+        write_card_and_push(run, run_dir, meta, config_yaml, metrics)
+        status = "finished"
+    except Interrupted:
+        status = "interrupted"
+        raise
     finally:
-        tracking.finish(run.tracking["backend"], failed)
+        write_run(run_dir, status=status)
+        tracking.finish(run.tracking["backend"], status)
     log.info("adapter: %s | logs: %s | config: %s", run_dir / "adapter", run_dir / "train.log", run_dir / ".hydra")
     return metrics[run.optimized_metric]
+
+
+def start_or_resume(run: RunConfig, hydra_cfg, start: datetime) -> tuple[Path, dict]:
+    """A new run's names, or the names of the run that `resume=` continues (same repo, same W&B run)."""
+    from pricer import hub, naming
+
+    overrides = sorted(o for o in hydra_cfg.overrides.task if not o.startswith("resume="))
+    previous = find_resumable(run.resume, Path(run.output_root), overrides) if run.resume else None
+    if previous is not None:
+        log.info("resuming %s (this attempt's own log: %s)", previous, hydra_cfg.runtime.output_dir)
+        write_run(previous, status="running", resumed=read_run(previous).get("resumed", 0) + 1)
+        return previous, read_run(previous)
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    run_name = naming.claim_run_name(start, Path(run.output_root) / ".run_names")
+    repo_id = None
+    if run.hub["push"]:
+        repo_id = naming.hub_repo_id(run.hub["hf_user"] or hub.account_name(), run.project, run_name)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    write_run(
+        run_dir,
+        run_name=run_name,
+        project_run_name=naming.project_run_name(run.project, run_name),
+        repo_id=repo_id,
+        private=run.hub["private"],
+        group=f"sweep-{Path(hydra_cfg.sweep.dir).name}" if multirun else None,
+        wandb_id=naming.tracker_run_id(),
+        overrides=overrides,
+        started=start.isoformat(),
+        status="running",
+    )
+    return run_dir, read_run(run_dir)
 
 
 def load_data(run: RunConfig):
@@ -94,34 +126,44 @@ def load_model(run: RunConfig):
     return tokenizer, model
 
 
-def fit(run: RunConfig, model, tokenizer, data, run_dir: Path, project_run_name: str, report_to, repo_id) -> dict:
-    """Train with TRL, save the final adapter in the run dir; returns the run's metrics."""
+def fit(run: RunConfig, model, tokenizer, data, run_dir: Path, meta: dict, report_to: list[str]) -> dict:
+    """Train with TRL (continuing from the last checkpoint if there is one), save the final adapter."""
+    from pricer.interrupt import Interrupted, StopOnSignal
     from pricer.modeling import build_lora_config
+    from pricer.push import CheckpointKeeper
+    from pricer.resume import complete_checkpoints, drop_incomplete_checkpoints
     from pricer.training import build_sft_config, build_trainer, count_parameters
 
+    checkpoints_dir = run_dir / "checkpoints"
     args = build_sft_config(
         run.sft,
-        output_dir=str(run_dir / "checkpoints"),  # what every_save pushes: keep logs and W&B out
-        run_name=project_run_name,
+        output_dir=str(checkpoints_dir),
+        run_name=meta["project_run_name"],
         report_to=report_to,
         seed=run.seed,
         use_cpu=run.accelerator == "cpu",
-        hub_model_id=repo_id,
-        hub_private_repo=run.hub["private"],
-        hub_strategy=run.hub["hub_strategy"],
     )
+    push_each_save = run.hub["hub_strategy"] == "every_save"
+    keeper = CheckpointKeeper(run_dir, meta["repo_id"] if push_each_save else None, run.hub["private"],
+                              run.sft["save_total_limit"], run.hub["push_attempts"], run.hub["push_wait_s"])
+    stopper = StopOnSignal()
     trainer = build_trainer(
-        model, tokenizer, args, build_lora_config(run.lora), data["train"], callbacks=[], compute_dtype=run.compute_dtype
+        model, tokenizer, args, build_lora_config(run.lora), data["train"], callbacks=[keeper, stopper],
+        compute_dtype=run.compute_dtype,
     )
-    trainable, total = count_parameters(trainer.model)
-    batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-    log.info(
-        "trainable params %s of %s (%.2f%%); effective batch %d = %d per device x %d accumulation x %d devices; "
-        "<= %s tokens per step",
-        f"{trainable:,}", f"{total:,}", 100 * trainable / total, batch, args.per_device_train_batch_size,
-        args.gradient_accumulation_steps, args.world_size, f"{batch * args.max_length:,}",
-    )
-    result = trainer.train()
+    log_sizes(trainer, args)
+    drop_incomplete_checkpoints(checkpoints_dir)
+    last = complete_checkpoints(checkpoints_dir)[-1:] if checkpoints_dir.exists() else []
+    if last:
+        log.info("continuing from %s", last[0])
+    stopper.install()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(last[0]) if last else None)
+    finally:
+        stopper.restore()
+        keeper.close()  # pushes queued checkpoints, however training ended
+    if stopper.signum is not None:
+        raise Interrupted(stopper.signum, trainer.state.global_step)
     adapter_dir = run_dir / "adapter"
     trainer.model.save_pretrained(adapter_dir)  # the adapter only, a few MB
     tokenizer.save_pretrained(adapter_dir)
@@ -132,38 +174,57 @@ def fit(run: RunConfig, model, tokenizer, data, run_dir: Path, project_run_name:
         "last_logged_loss": losses[-1] if losses else float("nan"),
         "train_steps": result.global_step,
         "train_runtime_s": result.metrics.get("train_runtime", float("nan")),
-        "trainable_params": trainable,
+        "trainable_params": count_parameters(trainer.model)[0],
     }
 
 
-def write_card_and_push(run: RunConfig, run_dir: Path, run_name: str, repo_id, config_yaml: str, metrics) -> None:
-    import json
+def log_sizes(trainer, args) -> None:
+    from pricer.training import count_parameters
 
+    trainable, total = count_parameters(trainer.model)
+    batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    log.info(
+        "trainable params %s of %s (%.2f%%); effective batch %d = %d per device x %d accumulation x %d devices; "
+        "<= %s tokens per step",
+        f"{trainable:,}", f"{total:,}", 100 * trainable / total, batch, args.per_device_train_batch_size,
+        args.gradient_accumulation_steps, args.world_size, f"{batch * args.max_length:,}",
+    )
+
+
+def write_card_and_push(run: RunConfig, run_dir: Path, meta: dict, config_yaml: str, metrics: dict) -> None:
     from pricer import hub
+    from pricer.push import with_retries
 
     adapter_dir = run_dir / "adapter"
     (adapter_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (adapter_dir / "config.yaml").write_text(config_yaml)  # resolved: what the run really used
     dataset = run.data["path"] if run.data["data_files"] is None else "local files"
-    card = hub.model_card(repo_id or run_name, run.model["pretrained_model_name_or_path"], dataset, run_name,
-                          config_yaml, metrics)
+    repo_id = meta["repo_id"]
+    card = hub.model_card(repo_id or meta["project_run_name"], run.model["pretrained_model_name_or_path"], dataset,
+                          meta["run_name"], config_yaml, metrics)
     (adapter_dir / "README.md").write_text(card)
-    if repo_id:
-        url = hub.push_final(repo_id, adapter_dir, run.hub["private"])
-        log.info("pushed to %s", url)
+    if repo_id and with_retries(lambda: hub.push_final(repo_id, adapter_dir, run.hub["private"]), "final adapter",
+                                run.hub["push_attempts"], run.hub["push_wait_s"]):
+        write_run(run_dir, final_pushed=True)
+        log.info("pushed to %s", repo_id)
+    elif repo_id:
+        log.error("the final push failed; the adapter is safe in %s: run `python -m pricer.push %s`", run_dir, run_dir)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Hydra's entry: bad input ends with one line naming the fix, not a traceback."""
+    from pricer.interrupt import Interrupted  # here, not at the top: --cfg job must not import torch
+
+    install_redaction()
     try:
         return train(cfg)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, ResumeError, Interrupted) as err:
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # a sweeper records the failed job and goes on
-        sys.exit(2)
+        sys.exit(128 + err.signum if isinstance(err, Interrupted) else 2)
 
 
 if __name__ == "__main__":

@@ -3,33 +3,24 @@
 from typing import Any
 
 
-def build_sft_config(
-    sft: dict[str, Any],
-    output_dir: str,
-    run_name: str,
-    report_to: list[str],
-    seed: int,
-    use_cpu: bool,
-    hub_model_id: str | None,
-    hub_private_repo: bool,
-    hub_strategy: str,
-):
-    """`sft` holds SFTConfig's own field names, straight from the YAML groups."""
+def build_sft_config(sft: dict[str, Any], output_dir: str, run_name: str, report_to: list[str], seed: int, use_cpu: bool):
+    """`sft` holds SFTConfig's own field names, straight from the YAML groups.
+
+    Hub pushes and checkpoint rotation are pricer's (pricer.push), not the Trainer's: the
+    Trainer would delete a checkpoint whose upload failed.
+    """
     from trl import SFTConfig
 
     return SFTConfig(
-        **sft,
+        **{key: value for key, value in sft.items() if key != "save_total_limit"},
         output_dir=output_dir,
         run_name=run_name,
         report_to=report_to,
         seed=seed,
         use_cpu=use_cpu,
         completion_only_loss=True,  # loss on the price only, as the notebook's collator did
-        push_to_hub=hub_model_id is not None,
-        hub_model_id=hub_model_id,
-        hub_private_repo=hub_private_repo,
-        hub_strategy=hub_strategy,
-        save_only_model=False,
+        push_to_hub=False,
+        save_total_limit=None,
     )
 
 

@@ -23,10 +23,7 @@ OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.ya
 def build_all(overrides: list[str]):
     cfg, choices = compose_train(overrides)
     run = validate(cfg, choices, check_machine=False)
-    sft = build_sft_config(
-        run.sft, output_dir="unused", run_name="r", report_to=[], seed=run.seed, use_cpu=True,
-        hub_model_id=None, hub_private_repo=True, hub_strategy="every_save",
-    )
+    sft = build_sft_config(run.sft, output_dir="unused", run_name="r", report_to=[], seed=run.seed, use_cpu=True)
     return run, build_lora_config(run.lora), build_bnb_config(run.quant), sft
 
 
@@ -51,7 +48,7 @@ def test_defaults_reproduce_the_notebook() -> None:
     assert (sft.learning_rate, sft.lr_scheduler_type.value, sft.warmup_steps) == (1e-4, "cosine", 0.03)
     assert (sft.optim.value, sft.weight_decay, sft.max_grad_norm) == ("paged_adamw_32bit", 0.001, 0.3)
     assert (sft.per_device_train_batch_size, sft.gradient_accumulation_steps, sft.bf16) == (16, 1, True)
-    assert (sft.logging_steps, sft.save_steps, sft.save_total_limit) == (50, 2000, 10)
+    assert (sft.logging_steps, sft.save_steps, run.sft["save_total_limit"]) == (50, 2000, 10)
     assert sft.train_sampling_strategy == "group_by_length" and sft.eval_strategy.value == "no"
     assert run.hub["private"] and run.hub["hub_strategy"] == "every_save"
 

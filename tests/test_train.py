@@ -25,7 +25,8 @@ def test_qlora_trains_adapter_and_keeps_4bit_base(tmp_path: Path) -> None:
     assert len(packed) == 4 * 7, "every linear layer of the 4 decoder layers is nf4"
     before = {name: p.detach().clone() for name, p in packed.items()}
 
-    metrics = fit(run, model, tokenizer, load_data(run), tmp_path, "pricer-test", [], None)
+    meta = {"project_run_name": "pricer-test", "repo_id": None}
+    metrics = fit(run, model, tokenizer, load_data(run), tmp_path, meta, [])
 
     for name, param in packed.items():
         assert torch.equal(param, before[name]) and not param.requires_grad, name

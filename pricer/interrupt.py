@@ -1,0 +1,50 @@
+"""SIGTERM/SIGINT (preemption, Ctrl-C): save at this step, stop cleanly, exit saying so.
+
+The signal only raises a flag; the Trainer itself saves a checkpoint at the end of
+the current step and leaves its loop, so the checkpoint is a normal, resumable one
+and the W&B run and pending pushes are closed by the usual path. A second signal
+falls back to the default handler: the user can always force an exit.
+"""
+
+import signal
+import threading
+
+from transformers import TrainerCallback
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after saving; exit status 128 + signal number."""
+
+    def __init__(self, signum: int, step: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}: checkpoint saved, "
+                         "rerun the same command with resume=auto to continue")
+        self.signum, self.step = signum, step
+
+
+class StopOnSignal(TrainerCallback):
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.previous: dict[int, object] = {}
+
+    def install(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
+            for sig in SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous.clear()
+
+    def _on_signal(self, signum: int, frame) -> None:
+        self.signum = signum
+        self.restore()  # a second signal ends the process the default way
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.signum is not None:
+            control.should_save = True
+            control.should_training_stop = True
+        return control

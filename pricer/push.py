@@ -1,0 +1,154 @@
+"""Checkpoints that are never lost: pushed in order, retried, deleted only once pushed.
+
+The Trainer's own hub push deletes old checkpoints by `save_total_limit` whether or
+not their upload succeeded, and a failed upload can end the run. Here one worker
+thread pushes each saved checkpoint in turn (pushes of a run never overlap or skip
+one), retries with backoff, records what reached the Hub in `pushed.json`, and only
+then rotates old checkpoints away. Whatever could not be pushed stays on disk for
+
+    python -m pricer.push RUN_DIR
+"""
+
+import argparse
+import json
+import logging
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from pricer.resume import checkpoint_step, complete_checkpoints, read_run
+
+log = logging.getLogger("pricer")
+PUSHED_FILE = "pushed.json"
+CHECKPOINT_FILES = ["adapter_config.json", "adapter_model.safetensors", "trainer_state.json", "tokenizer*"]
+
+
+def with_retries(action: Callable[[], object], what: str, attempts: int, wait_s: float) -> bool:
+    """Run `action`, retrying with exponential backoff; False once every attempt failed."""
+    for attempt in range(1, attempts + 1):
+        try:
+            action()
+            return True
+        except Exception as err:  # network errors come in many types: timeouts, HTTP 429/5xx, refused
+            log.warning("push %s failed (attempt %d/%d): %s", what, attempt, attempts, str(err).splitlines()[0][:200])
+            if attempt < attempts:
+                time.sleep(wait_s * 2 ** (attempt - 1))
+    return False
+
+
+def pushed_steps(run_dir: Path) -> set[int]:
+    path = run_dir / PUSHED_FILE
+    return set(json.loads(path.read_text())) if path.exists() else set()
+
+
+def mark_pushed(run_dir: Path, step: int) -> None:
+    path = run_dir / PUSHED_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(sorted(pushed_steps(run_dir) | {step})))
+    tmp.replace(path)
+
+
+def push_checkpoint(repo_id: str, checkpoint: Path, private: bool) -> None:
+    """The checkpoint's adapter at the repo root, like the Trainer's every_save strategy."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(
+        repo_id=repo_id,
+        folder_path=checkpoint,
+        allow_patterns=CHECKPOINT_FILES,
+        commit_message=f"Training in progress, step {checkpoint_step(checkpoint)}",
+    )
+
+
+def rotate(checkpoints_dir: Path, keep: int | None, pushed: set[int], pushing: bool) -> None:
+    """Delete the oldest checkpoints beyond `keep`, never one still waiting for its push."""
+    if not keep:
+        return
+    checkpoints = complete_checkpoints(checkpoints_dir)
+    for old in checkpoints[: max(0, len(checkpoints) - keep)]:
+        if not pushing or checkpoint_step(old) in pushed:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+class CheckpointKeeper(TrainerCallback):
+    """Pushes each saved checkpoint on a background thread, then rotates the old ones."""
+
+    def __init__(self, run_dir: Path, repo_id: str | None, private: bool, keep: int | None,
+                 attempts: int = 5, wait_s: float = 2.0) -> None:
+        self.run_dir, self.repo_id, self.private, self.keep = run_dir, repo_id, private, keep
+        self.attempts, self.wait_s = attempts, wait_s
+        self.todo: queue.Queue[Path | None] = queue.Queue()
+        self.worker = threading.Thread(target=self._work, name="pricer-push", daemon=True)
+        self.worker.start()
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.todo.put(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+    def close(self) -> None:
+        """Wait for queued pushes (called when training ends, however it ends)."""
+        self.todo.put(None)
+        self.worker.join()
+
+    def _work(self) -> None:
+        while (checkpoint := self.todo.get()) is not None:
+            if self.repo_id and with_retries(
+                lambda: push_checkpoint(self.repo_id, checkpoint, self.private),
+                checkpoint.name, self.attempts, self.wait_s,
+            ):
+                mark_pushed(self.run_dir, checkpoint_step(checkpoint))
+            rotate(checkpoint.parent, self.keep, pushed_steps(self.run_dir), pushing=self.repo_id is not None)
+
+
+def push_pending(run_dir: Path, attempts: int = 5, wait_s: float = 2.0) -> list[str]:
+    """Push every checkpoint and the final adapter that have not reached the Hub yet."""
+    from pricer.hub import push_final
+
+    meta = read_run(run_dir)
+    repo_id, private = meta.get("repo_id"), meta.get("private", True)
+    if not repo_id:
+        raise SystemExit(f"error: {run_dir} was run with hub.push=false: nothing to push")
+    done, failed = [], []
+    for checkpoint in complete_checkpoints(run_dir / "checkpoints"):
+        step = checkpoint_step(checkpoint)
+        if step in pushed_steps(run_dir):
+            continue
+        if with_retries(lambda: push_checkpoint(repo_id, checkpoint, private), checkpoint.name, attempts, wait_s):
+            mark_pushed(run_dir, step)
+            done.append(checkpoint.name)
+        else:
+            failed.append(checkpoint.name)
+    adapter = run_dir / "adapter"
+    if (adapter / "adapter_model.safetensors").exists() and not meta.get("final_pushed"):
+        if with_retries(lambda: push_final(repo_id, adapter, private), "final adapter", attempts, wait_s):
+            from pricer.resume import write_run
+
+            write_run(run_dir, final_pushed=True)
+            done.append("adapter")
+        else:
+            failed.append("adapter")
+    if failed:
+        raise SystemExit(f"error: could not push {', '.join(failed)} to {repo_id}: they stay in {run_dir}, try again")
+    return done
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Push what a run has not pushed yet (e.g. after a network outage).")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--attempts", type=int, default=5)
+    parser.add_argument("--wait-s", type=float, default=2.0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    pushed = push_pending(args.run_dir, args.attempts, args.wait_s)
+    print(f"pushed {', '.join(pushed) or 'nothing: all up to date'} -> {read_run(args.run_dir)['repo_id']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Find a run to continue and its last complete checkpoint.
+
+A run dir holds `run.json` (its name, Hub repo, W&B id, status and the overrides
+that made it), written at start and updated at the end. `resume=RUN_DIR` continues
+that run; `resume=auto` continues the newest unfinished run started with the same
+overrides, which is what a requeued SLURM job or a restarted Colab cell needs.
+The Trainer writes `trainer_state.json` last, so a checkpoint without a readable
+one was cut short by a crash and is never resumed from.
+"""
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+RUN_FILE = "run.json"
+FINISHED = "finished"
+
+
+class ResumeError(ValueError):
+    """`resume=` names nothing that can be continued."""
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / RUN_FILE).read_text())
+
+
+def write_run(run_dir: Path, **fields: Any) -> None:
+    """Update run.json atomically: a crash mid-write keeps the previous version."""
+    path = run_dir / RUN_FILE
+    current = json.loads(path.read_text()) if path.exists() else {}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(current | fields, indent=2))
+    tmp.replace(path)
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.rsplit("-", 1)[1])
+
+
+def complete_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """Checkpoints whose trainer_state.json parses, oldest first."""
+    found = []
+    for path in checkpoints_dir.glob("checkpoint-*"):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        found.append(path)
+    return sorted(found, key=checkpoint_step)
+
+
+def drop_incomplete_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """Remove what a crash mid-save left, so the step is saved again cleanly."""
+    complete = set(complete_checkpoints(checkpoints_dir))
+    dropped = [p for p in checkpoints_dir.glob("checkpoint-*") if p not in complete]
+    for path in dropped:
+        shutil.rmtree(path)
+    return dropped
+
+
+def find_resumable(resume: str, runs_root: Path, overrides: list[str]) -> Path | None:
+    """The run dir to continue: the named one, or for `auto` the newest unfinished twin."""
+    if resume != "auto":
+        run_dir = Path(resume)
+        if not (run_dir / RUN_FILE).exists():
+            raise ResumeError(f"resume={resume} is not a pricer run dir (no {RUN_FILE}): pass a dir under outputs/runs")
+        if read_run(run_dir).get("status") == FINISHED:
+            raise ResumeError(f"resume={resume} already finished: start a new run without resume=")
+        return run_dir
+    wanted = sorted(o for o in overrides if not o.startswith("resume="))
+    candidates = []
+    for run_file in runs_root.glob(f"**/{RUN_FILE}"):
+        meta = json.loads(run_file.read_text())
+        if meta.get("status") != FINISHED and sorted(meta.get("overrides", [])) == wanted:
+            candidates.append((meta.get("started", ""), run_file.parent))
+    return max(candidates)[1] if candidates else None
