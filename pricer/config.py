@@ -17,6 +17,34 @@ COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
 OBJECTIVES = ("train_loss",)
 
 
+NONE = type(None)
+# pricer's own groups (the others are checked against the library's fields): key -> allowed types.
+SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
+    "": {"project": (str,), "seed": (int,), "optimized_metric": (str,), "output_root": (str,), "resume": (str, NONE)},
+    "model": {
+        "pretrained_model_name_or_path": (str,), "revision": (str, NONE), "trust_remote_code": (bool,),
+        "attn_implementation": (str,), "build_tiny": (bool,),
+    },
+    "data": {"path": (str,), "revision": (str, NONE), "data_files": (dict, NONE), "max_train_samples": (int, NONE)},
+    "hub": {
+        "push": (bool,), "hf_user": (str, NONE), "private": (bool,), "hub_strategy": (str,),
+        "push_attempts": (int,), "push_wait_s": (int, float),
+    },
+    "tracking": {"backend": (str,), "project": (str,), "entity": (str, NONE), "tags": (list,)},
+    "hardware": {
+        "accelerator": (str,), "memory_gib": (int, float), "compute_dtype": (str,), "bf16": (bool,), "fp16": (bool,),
+        "per_device_train_batch_size": (int,), "gradient_checkpointing": (bool,),
+    },
+}
+LIBRARY_GROUPS = ("lora", "quant", "optimizer", "scheduler", "training")
+CHOICES = {
+    ("hub", "hub_strategy"): ("every_save", "end"),
+    ("tracking", "backend"): ("wandb", "none"),
+    ("hardware", "compute_dtype"): COMPUTE_DTYPES,
+    ("hardware", "accelerator"): ("cuda", "cpu"),
+}
+
+
 class ConfigError(ValueError):
     """A one-line, user-facing error: which key is wrong and the override that fixes it."""
 
@@ -41,11 +69,35 @@ class RunConfig:
 
 
 def _check_known(group: str, given: dict, known: set[str]) -> None:
+    prefix = f"{group}." if group else ""
     for key in given:
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
-            hint = f" (did you mean {group}.{close[0]}?)" if close else ""
-            raise ConfigError(f"{group}.{key} is not a known key{hint}: remove it or fix its name")
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise ConfigError(f"{prefix}{key} is not a known key{hint}: remove it or fix its name")
+
+
+def _check_schema(plain: dict) -> None:
+    """Unknown keys (with the close name), types and fixed choices of pricer's own groups."""
+    _check_known("", {k: v for k, v in plain.items() if k not in SCHEMA and k not in LIBRARY_GROUPS},
+                 set(SCHEMA) | set(LIBRARY_GROUPS) | set(SCHEMA[""]))
+    for group, keys in SCHEMA.items():
+        values = plain if group == "" else plain[group]
+        if group:
+            _check_known(group, values, set(keys))
+        for key, types in keys.items():
+            name = f"{group}.{key}" if group else key
+            if key not in values and group == "tracking":
+                continue  # tracking=none has nothing but its backend
+            if key not in values:
+                raise ConfigError(f"{name} is missing: add it to the config or pass +{name}=...")
+            value = values[key]
+            if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+                wanted = " or ".join("null" if t is NONE else t.__name__ for t in types)
+                raise ConfigError(f"{name}={value!r} must be {wanted}")
+            allowed = CHOICES.get((group, key))
+            if allowed and value not in allowed:
+                raise ConfigError(f"{name}={value} is not one of {', '.join(allowed)}")
 
 
 def _check_lora(lora: dict) -> None:
@@ -74,12 +126,14 @@ def _check_quant(quant: dict) -> None:
         raise ConfigError(f"quant.bnb_4bit_compute_dtype={dtype} is not one of {', '.join(COMPUTE_DTYPES)}")
 
 
-def _check_sft(sft: dict) -> None:
+def _check_sft(sft: dict, groups: dict[str, dict]) -> None:
     from transformers.trainer_utils import SchedulerType
     from transformers.training_args import OptimizerNames
     from trl import SFTConfig
 
-    _check_known("training", sft, {f.name for f in fields(SFTConfig)})
+    known = {f.name for f in fields(SFTConfig)}
+    for group in ("optimizer", "scheduler", "training"):
+        _check_known(group, groups[group], known)
     optimizers = sorted(o.value for o in OptimizerNames)
     if sft.get("optim") not in optimizers:
         close = difflib.get_close_matches(str(sft.get("optim")), optimizers, n=1)
@@ -108,10 +162,6 @@ def _check_hardware(hw: dict, sft: dict, choices: dict[str, str], check_machine:
     import torch
 
     preset = f"hardware={choices.get('hardware', hw['accelerator'])}"
-    if hw["compute_dtype"] not in COMPUTE_DTYPES:
-        raise ConfigError(f"hardware.compute_dtype={hw['compute_dtype']} is not one of {', '.join(COMPUTE_DTYPES)}")
-    if hw["accelerator"] not in ("cuda", "cpu"):
-        raise ConfigError(f"hardware.accelerator={hw['accelerator']} must be cuda or cpu")
     wants_bf16 = sft.get("bf16") or hw["compute_dtype"] == "bfloat16"
     if wants_bf16 and choices.get("hardware") == "t4":
         raise ConfigError("hardware=t4 has no bf16: keep hardware.bf16=false hardware.fp16=true hardware.compute_dtype=float16")
@@ -154,6 +204,7 @@ def validate(cfg: DictConfig, choices: dict[str, str] | None = None, check_machi
         plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except Exception as err:  # a ??? left unset, or an interpolation that fails
         raise ConfigError(f"{type(err).__name__}: {str(err).splitlines()[0]}: set the key on the command line") from None
+    _check_schema(plain)
     hardware = dict(plain["hardware"])
     hw = {key: hardware.pop(key) for key in HARDWARE_KEYS}
     sft = {**plain["training"], **plain["optimizer"], **plain["scheduler"], **hardware}
@@ -161,7 +212,7 @@ def validate(cfg: DictConfig, choices: dict[str, str] | None = None, check_machi
         raise ConfigError(f"optimized_metric={plain['optimized_metric']} is not one of {', '.join(OBJECTIVES)}")
     _check_lora(plain["lora"])
     _check_quant(plain["quant"])
-    _check_sft(sft)
+    _check_sft(sft, plain)
     _check_data(plain["data"])
     _check_hardware(hw, sft, choices, check_machine)
     if check_machine:

@@ -127,9 +127,14 @@ def run_config(source: str | None, revision: str | None, overrides: list[str]) -
     if cfg is None:
         from hydra import compose, initialize_config_dir
 
+        if source:
+            print(f"{source} holds no {' or '.join(CONFIG_FILES)}: composing conf/train.yaml with {overrides}")
         with initialize_config_dir(str(PACKAGE_DIR.parent / "conf"), version_base="1.3"):
             cfg = compose("train", overrides=overrides)
     else:
+        groups = [o for o in overrides if "." not in o.split("=", 1)[0]]
+        if groups:
+            raise SystemExit(f"{groups}: a saved run config takes dotted keys, e.g. hardware.accelerator=cpu")
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     return {group: OmegaConf.to_container(cfg[group], resolve=True) for group in ("model", "quant", "hardware", "data")}
 
@@ -140,9 +145,14 @@ def load_for_eval(config: dict[str, Any], adapter: str | None, revision: str | N
     The tokenizer comes from the base model: training does not change it, so one
     code path serves runs, Hub repos and the base model alone.
     """
+    import torch
+
     from pricer.modeling import ensure_tiny_model, load_model, load_tokenizer
 
     model_cfg, hardware = config["model"], config["hardware"]
+    if hardware["accelerator"] == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("this run used a GPU and this machine has none: add hardware.accelerator=cpu "
+                         "hardware.compute_dtype=float32 (and quant.bnb_4bit_compute_dtype=float32 with nf4)")
     path = model_cfg["pretrained_model_name_or_path"]
     if model_cfg.get("build_tiny"):
         ensure_tiny_model(path)
@@ -191,14 +201,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     name = Path(args.source or config["model"]["pretrained_model_name_or_path"]).name
     name += ("-base" if args.adapter == "none" else "") + (f"@{args.revision}" if args.revision else "")
     out = Path(args.out or Path("outputs") / "eval" / name)
-    model, tokenizer = load_for_eval(config, None if args.adapter == "none" else args.source, args.revision)
 
     from pricer.data import load_splits
 
-    data = config["data"]
+    data = config["data"]  # before the model: a data problem shows in seconds, not after an 8B load
     splits = load_splits(data["path"], data["data_files"], data["revision"], data["max_train_samples"])
     prompts, prices = first_test_items(splits["test"], args.items)
     train_prices = [float(p) for p in splits["train"]["price"]]
+    model, tokenizer = load_for_eval(config, None if args.adapter == "none" else args.source, args.revision)
     metrics = evaluate_model(model, tokenizer, prompts, prices, out, train_prices, args.top_k, args.batch_tokens, name)
     print(f"{name}: {summary_line(_unprefixed('test', metrics))}")
     print(f"constant mean ${metrics['baseline/guess']:,.2f}: {summary_line(_unprefixed('baseline', metrics))}")

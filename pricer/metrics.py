@@ -22,7 +22,7 @@ def colours(guesses: np.ndarray, truths: np.ndarray) -> list[str]:
     share = np.divide(errors, truths, out=np.full_like(errors, np.inf), where=truths > 0)
     green = (errors < HIT_DOLLARS) | (share < HIT_SHARE)
     orange = (errors < NEAR_DOLLARS) | (share < NEAR_SHARE)
-    return [GREEN if g else ORANGE if o else RED for g, o in zip(green, orange)]
+    return [GREEN if g else ORANGE if o else RED for g, o in zip(green, orange, strict=True)]
 
 
 def price_metrics(guesses: list[float], truths: list[float]) -> dict[str, float | int]:

@@ -9,7 +9,7 @@ a time, with three habits that make it fast:
   so almost no compute goes to padding;
 - right padding and no attention mask: under causal attention a real token never
   sees the pads after it, so padding cannot change a prediction, and SDPA keeps
-  its fused causal kernel (no mask to build, no host sync to check it);
+  its fused causal kernel (no mask to build);
 - the LM head runs on each row's last real position only, results stay on the
   device until one copy to the host at the end, back in the caller's order.
 Tokenizers without single number tokens fall back to greedy generation.
@@ -21,7 +21,7 @@ import re
 import torch
 
 DEFAULT_TOP_K = 3  # the course's top_K
-DEFAULT_BATCH_TOKENS = 32_768  # ~200 prompts; 8B nf4 peaks ~4 GB of activations (H200: +11 % items/s over 8k)
+DEFAULT_BATCH_TOKENS = 32_768  # ~200 prompts, est. ~4 GB of activations on 8B; +11 % items/s over 8k (BENCHMARKS.md)
 GENERATE_TOKENS = 4  # "123.45" is "123", ".", "45": the first token already holds the dollars
 NO_ANSWER = 0.0  # an unparseable answer: the course's extract_price also returns 0 (a miss, never hidden)
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -54,8 +54,9 @@ def plan_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
 
     Longest first: the largest activations are allocated at once, so an
     out-of-memory shows on the first batch, not the last. Batches are then evened
-    out (250 prompts in two batches of 125, not 180 + 70): each forward pass pays
-    a fixed cost (dequantizing every nf4 weight), best spread over many tokens.
+    out (250 prompts in two batches of 125, not 180 + 70): each forward pass has
+    fixed costs (with nf4, bitsandbytes dequantizes every weight once per pass),
+    best spread over many tokens.
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     fewest = len(_fill(order, lengths, batch_tokens, len(order)))
@@ -69,8 +70,9 @@ def _fill(order: list[int], lengths: list[int], batch_tokens: int, max_items: in
     batches: list[list[int]] = []
     for index in order:
         # sorted descending: the batch's first item sets its padded width
-        if batches and len(batches[-1]) < max_items and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= batch_tokens:
-            batches[-1].append(index)
+        last = batches[-1] if batches else []
+        if last and len(last) < max_items and (len(last) + 1) * lengths[last[0]] <= batch_tokens:
+            last.append(index)
         else:
             batches.append([index])
     return batches
@@ -178,7 +180,8 @@ def generate_prices(
             use_cache=True,
             pad_token_id=pad_id,
         )
-        for i, text in zip(batch, tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)):
+        answers = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+        for i, text in zip(batch, answers, strict=True):
             guesses[i] = first_number(text)
     return guesses
 

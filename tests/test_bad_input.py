@@ -30,6 +30,18 @@ BAD_CONFIGS = [
     ([*DEMO, "hub.push=true"], "hub.push=true needs a Hugging Face token"),
     ([*DEMO, "optimized_metric=accuracy"], "optimized_metric=accuracy is not one of"),
     ([*DEMO, "data=local"], "MissingMandatoryValue"),
+    ([*DEMO, "+optimizer.lr=0.1"], "optimizer.lr is not a known key"),
+    ([*DEMO, "+model.trust_remote=true"], "model.trust_remote is not a known key (did you mean model.trust_remote_code?)"),
+    ([*DEMO, "+lerning_rate=0.1"], "lerning_rate is not a known key"),
+    ([*DEMO, "hub.hub_strategy=sometimes"], "hub.hub_strategy=sometimes is not one of every_save, end"),
+    ([*DEMO, "hub.private=maybe"], "hub.private='maybe' must be bool"),
+    ([*DEMO, "hub.push_attempts=two"], "hub.push_attempts='two' must be int"),
+    ([*DEMO, "hardware.per_device_train_batch_size=0"], "per_device_train_batch_size=0 must be a positive integer"),
+    ([*DEMO, "hardware.compute_dtype=float8"], "hardware.compute_dtype=float8 is not one of"),
+    ([*DEMO, "tracking=wandb", "tracking.backend=mlflow"], "tracking.backend=mlflow is not one of wandb, none"),
+    ([*DEMO, "data.max_train_samples=0"], "data.max_train_samples=0 must be a positive integer or null"),
+    ([*DEMO, "training.max_length=-1"], "max_length=-1 must be a positive integer"),
+    ([*DEMO, "model.revision=3"], "model.revision=3 must be str or null"),
 ]
 
 
@@ -63,6 +75,12 @@ def test_bad_dataset_names_the_row(tmp_path: Path, rows: list[dict], message: st
     with pytest.raises(DataError) as err:
         load_splits("json", files, None, None)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_resume_of_a_dir_that_is_no_run(tmp_path: Path) -> None:
+    out = run_cli([*DEMO, f"resume={tmp_path}", f"hydra.run.dir={tmp_path}/run", f"output_root={tmp_path}"])
+    assert out.returncode == 2
+    assert f"error: resume={tmp_path} is not a pricer run dir (no run.json)" in out.stderr
 
 
 def test_cli_exits_with_one_line_before_loading_anything(tmp_path: Path) -> None:
