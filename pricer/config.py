@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 # Keys of the `hardware` group that are pricer's own; the rest go to SFTConfig.
 HARDWARE_KEYS = ("accelerator", "memory_gib", "compute_dtype")
 COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
-OBJECTIVES = ("train_loss",)
+OBJECTIVES = ("test/price_error", "test/rmsle", "test/median_error", "test/hit_rate", "train_loss")
 
 
 NONE = type(None)
@@ -31,12 +31,17 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "push_attempts": (int,), "push_wait_s": (int, float),
     },
     "tracking": {"backend": (str,), "project": (str,), "entity": (str, NONE), "tags": (list,)},
+    "evaluation": {
+        "test_items": (int,), "top_k": (int,), "batch_tokens": (int,), "eval_steps": (int, NONE), "val_items": (int,),
+    },
     "hardware": {
         "accelerator": (str,), "memory_gib": (int, float), "compute_dtype": (str,), "bf16": (bool,), "fp16": (bool,),
         "per_device_train_batch_size": (int,), "gradient_checkpointing": (bool,),
     },
 }
 LIBRARY_GROUPS = ("lora", "quant", "optimizer", "scheduler", "training")
+POSITIVE = [("evaluation", "test_items"), ("evaluation", "top_k"), ("evaluation", "batch_tokens"),
+            ("evaluation", "val_items"), ("hub", "push_attempts")]
 CHOICES = {
     ("hub", "hub_strategy"): ("every_save", "end"),
     ("tracking", "backend"): ("wandb", "none"),
@@ -66,6 +71,7 @@ class RunConfig:
     data: dict[str, Any]
     hub: dict[str, Any]
     tracking: dict[str, Any]
+    evaluation: dict[str, Any]
 
 
 def _check_known(group: str, given: dict, known: set[str]) -> None:
@@ -95,6 +101,10 @@ def _check_schema(plain: dict) -> None:
             if isinstance(value, bool) and bool not in types or not isinstance(value, types):
                 wanted = " or ".join("null" if t is NONE else t.__name__ for t in types)
                 raise ConfigError(f"{name}={value!r} must be {wanted}")
+            if (group, key) in POSITIVE and value <= 0:
+                raise ConfigError(f"{name}={value} must be a positive integer")
+            if (group, key) == ("evaluation", "eval_steps") and value is not None and value <= 0:
+                raise ConfigError(f"{name}={value} must be a positive integer or null (no evaluation during training)")
             allowed = CHOICES.get((group, key))
             if allowed and value not in allowed:
                 raise ConfigError(f"{name}={value} is not one of {', '.join(allowed)}")
@@ -233,5 +243,6 @@ def validate(cfg: DictConfig, choices: dict[str, str] | None = None, check_machi
         data=plain["data"],
         hub=plain["hub"],
         tracking=plain["tracking"],
+        evaluation=plain["evaluation"],
     )
 

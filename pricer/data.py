@@ -31,8 +31,8 @@ def load_splits(
     if max_train_samples is not None:
         splits["train"] = splits["train"].select(range(min(max_train_samples, len(splits["train"]))))
     for split, dataset in splits.items():
-        check_items(dataset.column_names, dataset["text"] if "text" in dataset.column_names else [],
-                    dataset["price"] if "price" in dataset.column_names else [], split)
+        columns = dataset.column_names
+        check_items(columns, dataset["text"] if "text" in columns else [], dataset["price"] if "price" in columns else [], split)
     return splits
 
 
@@ -41,7 +41,7 @@ def check_items(columns: list[str], texts: list[Any], prices: list[Any], split: 
     for column in ("text", "price"):
         if column not in columns:
             raise DataError(f"data: the {split} split has no '{column}' column (found {columns}): rename your columns")
-    for index, (text, price) in enumerate(zip(texts, prices)):
+    for index, (text, price) in enumerate(zip(texts, prices, strict=True)):
         if isinstance(price, bool) or not isinstance(price, (int, float)):
             raise DataError(f"data: {split} row {index} has a non-numeric price {price!r}: prices must be numbers")
         if not price >= 0:

@@ -208,7 +208,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     splits = load_splits(data["path"], data["data_files"], data["revision"], data["max_train_samples"])
     prompts, prices = first_test_items(splits["test"], args.items)
     train_prices = [float(p) for p in splits["train"]["price"]]
-    model, tokenizer = load_for_eval(config, None if args.adapter == "none" else args.source, args.revision)
+    adapter = None if args.adapter == "none" else args.source
+    if adapter and (Path(adapter) / "adapter" / "adapter_config.json").exists():
+        adapter = str(Path(adapter) / "adapter")  # a run dir keeps its final adapter in adapter/
+    model, tokenizer = load_for_eval(config, adapter, args.revision)
     metrics = evaluate_model(model, tokenizer, prompts, prices, out, train_prices, args.top_k, args.batch_tokens, name)
     print(f"{name}: {summary_line(_unprefixed('test', metrics))}")
     print(f"constant mean ${metrics['baseline/guess']:,.2f}: {summary_line(_unprefixed('baseline', metrics))}")

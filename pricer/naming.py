@@ -16,6 +16,14 @@ RUN_NAME_FORMAT = "%Y-%m-%d_%H.%M.%S"  # the notebook's: 2024-09-13_13.04.39
 _REPO_NAME = re.compile(r"^(?![.-])(?!.*(--|\.\.))[A-Za-z0-9._-]{1,96}(?<![.-])$")
 
 
+def run_start(output_dir: Path) -> datetime:
+    """When Hydra stamped this run's dir (so the dir and the run share a name), else now."""
+    try:
+        return datetime.strptime(output_dir.name, RUN_NAME_FORMAT)
+    except ValueError:
+        return datetime.now()
+
+
 def timestamp_name(start: datetime) -> str:
     return start.strftime(RUN_NAME_FORMAT)
 

@@ -120,7 +120,7 @@ def push_pending(run_dir: Path, attempts: int = 5, wait_s: float = 2.0) -> list[
         step = checkpoint_step(checkpoint)
         if step in pushed_steps(run_dir):
             continue
-        if with_retries(lambda: push_checkpoint(repo_id, checkpoint, private), checkpoint.name, attempts, wait_s):
+        if with_retries(lambda c=checkpoint: push_checkpoint(repo_id, c, private), checkpoint.name, attempts, wait_s):
             mark_pushed(run_dir, step)
             done.append(checkpoint.name)
         else:

@@ -43,5 +43,5 @@ class SweepSummary(Callback):
         for row in rows:
             value = "-" if row["objective"] is None else f"{row['objective']:.4f}"
             lines.append(f"{row['job']:>4}  {value:>12}  {row['status']:<9}  {row['overrides']}")
-        log.info("sweep summary (%s, lower is better):\n%s", metric, "\n".join(lines))
+        log.info("sweep summary (%s):\n%s", metric, "\n".join(lines))
         Path(config.hydra.sweep.dir, "summary.yaml").write_text(yaml.safe_dump({"metric": metric, "jobs": rows}))

@@ -40,13 +40,15 @@ def start(
     return ["wandb"]
 
 
-def log_summary(backend: str, metrics: dict[str, float]) -> None:
+def log_summary(backend: str, metrics: dict[str, float], images: list) -> None:
+    """Final metrics into the run's summary (the columns W&B compares runs by), charts as images."""
     if backend == "none":
         return
     import wandb
 
     if wandb.run is not None:
         wandb.run.summary.update(metrics)
+        wandb.log({f"charts/{path.stem}": wandb.Image(str(path)) for path in images if path.exists()})
 
 
 def finish(backend: str, status: str) -> None:

@@ -8,7 +8,6 @@ the data, build the model, train, save, push, return the objective that a
 import json
 import logging
 import sys
-from datetime import datetime
 from pathlib import Path
 
 import hydra
@@ -25,13 +24,12 @@ log = logging.getLogger("pricer")
 
 
 def train(cfg: DictConfig) -> float:
-    start = datetime.now()
     hydra_cfg = HydraConfig.get()
     run = validate(cfg, choices=dict(hydra_cfg.runtime.choices))  # fails here, before any download
     from pricer import tracking
     from pricer.interrupt import Interrupted
 
-    run_dir, meta = start_or_resume(run, hydra_cfg, start)
+    run_dir, meta = start_or_resume(run, hydra_cfg)
     log.info("run %s -> %s (hub: %s)", meta["project_run_name"], run_dir, meta["repo_id"] or "off")
 
     data = load_data(run)
@@ -52,7 +50,7 @@ def train(cfg: DictConfig) -> float:
     status = "failed"
     try:
         metrics = fit(run, model, tokenizer, data, run_dir, meta, report_to)
-        tracking.log_summary(run.tracking["backend"], metrics)
+        tracking.log_summary(run.tracking["backend"], metrics, images=[run_dir / "adapter" / "price_chart.png"])
         write_card_and_push(run, run_dir, meta, config_yaml, metrics)
         status = "finished"
     except Interrupted:
@@ -61,11 +59,16 @@ def train(cfg: DictConfig) -> float:
     finally:
         write_run(run_dir, status=status)
         tracking.finish(run.tracking["backend"], status)
+    from pricer.metrics import summary_line
+
+    for prefix in ("test", "baseline"):
+        scored = {key.split("/", 1)[1]: value for key, value in metrics.items() if key.startswith(prefix + "/")}
+        log.info("%-8s %s", prefix, summary_line(scored))
     log.info("adapter: %s | logs: %s | config: %s", run_dir / "adapter", run_dir / "train.log", run_dir / ".hydra")
     return metrics[run.optimized_metric]
 
 
-def start_or_resume(run: RunConfig, hydra_cfg, start: datetime) -> tuple[Path, dict]:
+def start_or_resume(run: RunConfig, hydra_cfg) -> tuple[Path, dict]:
     """A new run's names, or the names of the run that `resume=` continues (same repo, same W&B run)."""
     from pricer import hub, naming
 
@@ -76,6 +79,7 @@ def start_or_resume(run: RunConfig, hydra_cfg, start: datetime) -> tuple[Path, d
         write_run(previous, status="running", resumed=read_run(previous).get("resumed", 0) + 1)
         return previous, read_run(previous)
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    start = naming.run_start(run_dir)
     run_name = naming.claim_run_name(start, Path(run.output_root) / ".run_names")
     repo_id = None
     if run.hub["push"]:
@@ -96,12 +100,22 @@ def start_or_resume(run: RunConfig, hydra_cfg, start: datetime) -> tuple[Path, d
     return run_dir, read_run(run_dir)
 
 
-def load_data(run: RunConfig):
+def load_data(run: RunConfig) -> dict:
+    """Train items as prompt/completion; test (and validation) items as prompts and prices."""
     from pricer.data import load_splits, to_prompt_completion
+    from pricer.evaluate import first_test_items
 
     splits = load_splits(run.data["path"], run.data["data_files"], run.data["revision"], run.data["max_train_samples"])
-    log.info("data: %d train / %d test items from %s", len(splits["train"]), len(splits["test"]), run.data["path"])
-    return {"train": to_prompt_completion(splits["train"]), "test": splits["test"]}
+    train, evaluation = splits["train"], run.evaluation
+    data = {"train_prices": [float(p) for p in train["price"]]}
+    if evaluation["eval_steps"]:  # a validation slice held out from the end of the train split
+        cut = len(train) - evaluation["val_items"]
+        data["val"] = first_test_items(train.select(range(cut, len(train))), evaluation["val_items"])
+        train = train.select(range(cut))
+    data["train"] = to_prompt_completion(train)
+    data["test"] = first_test_items(splits["test"], evaluation["test_items"])
+    log.info("data: %d train / %d test items scored from %s", len(train), len(data["test"][0]), run.data["path"])
+    return data
 
 
 def load_model(run: RunConfig):
@@ -128,6 +142,8 @@ def load_model(run: RunConfig):
 
 def fit(run: RunConfig, model, tokenizer, data, run_dir: Path, meta: dict, report_to: list[str]) -> dict:
     """Train with TRL (continuing from the last checkpoint if there is one), save the final adapter."""
+    from pricer import trial
+    from pricer.evaluate import evaluate_model, price_eval_callback
     from pricer.interrupt import Interrupted, StopOnSignal
     from pricer.modeling import build_lora_config
     from pricer.push import CheckpointKeeper
@@ -148,9 +164,13 @@ def fit(run: RunConfig, model, tokenizer, data, run_dir: Path, meta: dict, repor
                               run.sft["save_total_limit"], run.hub["push_attempts"], run.hub["push_wait_s"])
     stopper = StopOnSignal()
     trainer = build_trainer(
-        model, tokenizer, args, build_lora_config(run.lora), data["train"], callbacks=[keeper, stopper],
-        compute_dtype=run.compute_dtype,
+        model, tokenizer, args, build_lora_config(run.lora), data["train"],
+        callbacks=[keeper, stopper, *trial.trial_callbacks()], compute_dtype=run.compute_dtype,
     )
+    evaluation = run.evaluation
+    if evaluation["eval_steps"]:
+        trainer.add_callback(price_eval_callback(trainer, *data["val"], evaluation["eval_steps"],
+                                                 evaluation["top_k"], evaluation["batch_tokens"]))
     log_sizes(trainer, args)
     drop_incomplete_checkpoints(checkpoints_dir)
     last = complete_checkpoints(checkpoints_dir)[-1:] if checkpoints_dir.exists() else []
@@ -164,11 +184,14 @@ def fit(run: RunConfig, model, tokenizer, data, run_dir: Path, meta: dict, repor
         keeper.close()  # pushes queued checkpoints, however training ended
     if stopper.signum is not None:
         raise Interrupted(stopper.signum, trainer.state.global_step)
+    trial.raise_if_pruned()  # after the trainer's own shutdown: a pruned trial keeps its checkpoint
     adapter_dir = run_dir / "adapter"
     trainer.model.save_pretrained(adapter_dir)  # the adapter only, a few MB
     tokenizer.save_pretrained(adapter_dir)
+    scores = evaluate_model(trainer.model, tokenizer, *data["test"], adapter_dir, data["train_prices"],
+                            evaluation["top_k"], evaluation["batch_tokens"], title=meta["project_run_name"])
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return {
+    return scores | {
         "train_loss": result.training_loss,
         "first_logged_loss": losses[0] if losses else float("nan"),
         "last_logged_loss": losses[-1] if losses else float("nan"),

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hub_server import GITATTRIBUTES, HubStandIn
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
+from hub_server import GITATTRIBUTES, HubStandIn
 from pricer import hub
 
 REPO = "pricer-tester/pricer-2026-01-01_12.00.00"

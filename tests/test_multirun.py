@@ -28,11 +28,11 @@ def test_grid_over_dropout(tmp_path: Path, hub_stand_in) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
 
     summary = yaml.safe_load((sweep_dir / "summary.yaml").read_text())
-    assert summary["metric"] == "train_loss"
+    assert summary["metric"] == "test/price_error"
     dropouts = [o.split("=")[1] for job in summary["jobs"] for o in job["overrides"].split() if o.startswith("lora.lora_dropout=")]
     assert sorted(dropouts) == ["0.05", "0.1", "0.2"]
     assert all(job["status"] == "COMPLETED" and job["objective"] > 0 for job in summary["jobs"])
-    assert "sweep summary (train_loss" in out.stdout + out.stderr
+    assert "sweep summary (test/price_error" in out.stdout + out.stderr
 
     assert len(hub_stand_in.repos) == 3 and all(repo.private for repo in hub_stand_in.repos.values())
     names = [repo_id.split("/")[1] for repo_id in hub_stand_in.repos]

@@ -55,6 +55,12 @@ def test_cli_run_trains_pushes_tracks_and_leaks_no_secret(tmp_path: Path, hub_st
     losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
     assert losses[-1] < 0.5 * losses[0]
 
+    # Evaluation: the course's metrics beside the constant-mean baseline, and the chart.
+    metrics = json.loads((run_dir / "adapter" / "metrics.json").read_text())
+    assert metrics["test/items"] == 250 and metrics["baseline/items"] == 250
+    assert metrics["test/price_error"] > 0 and 0 <= metrics["test/hit_rate"] <= 1
+    assert (run_dir / "adapter" / "price_chart.png").stat().st_size > 10_000
+
     # Hub: one private repo named pricer-{timestamp}, every save pushed, then the final files.
     (repo_id,) = hub_stand_in.repos
     assert re.fullmatch(r"pricer-tester/pricer-\d{4}-\d\d-\d\d_\d\d\.\d\d\.\d\d(_\d+)?", repo_id)
@@ -65,10 +71,10 @@ def test_cli_run_trains_pushes_tracks_and_leaks_no_secret(tmp_path: Path, hub_st
     assert messages[-1] == "final adapter, tokenizer and model card"
     files = hub_stand_in.files(repo_id)
     assert files["adapter_model.safetensors"] == (run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
-    assert {"adapter_config.json", "tokenizer.json", "README.md", "metrics.json", "config.yaml"} <= set(files)
+    assert {"adapter_config.json", "tokenizer.json", "README.md", "metrics.json", "config.yaml", "price_chart.png"} <= set(files)
     assert not [path for path in files if path.startswith(("checkpoint-", "wandb", ".hydra")) or path.endswith(".log")]
     card = files["README.md"].decode()
-    assert "base_model:" in card and "tiny-llama" in card and "train_loss" in card and "lora_dropout" in card
+    assert "base_model:" in card and "tiny-llama" in card and "test/price_error" in card and "lora_dropout" in card
 
     # W&B (offline): one run, named after the project run, holding the resolved config
     # (the .wandb file is W&B's protobuf record log: the config values appear in it verbatim).
