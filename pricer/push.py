@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from transformers import TrainerCallback
 
@@ -25,20 +26,30 @@ from pricer.resume import checkpoint_step, complete_checkpoints, read_run
 
 log = logging.getLogger("pricer")
 PUSHED_FILE = "pushed.json"
+T = TypeVar("T")
 CHECKPOINT_FILES = ["adapter_config.json", "adapter_model.safetensors", "trainer_state.json", "tokenizer*"]
 
 
-def with_retries(action: Callable[[], object], what: str, attempts: int, wait_s: float) -> bool:
-    """Run `action`, retrying with exponential backoff; False once every attempt failed."""
+def call_with_retries(action: Callable[[], T], what: str, attempts: int, wait_s: float) -> T:
+    """Run `action`, retrying with exponential backoff; the last error is raised."""
     for attempt in range(1, attempts + 1):
         try:
-            action()
-            return True
+            return action()
         except Exception as err:  # network errors come in many types: timeouts, HTTP 429/5xx, refused
             log.warning("push %s failed (attempt %d/%d): %s", what, attempt, attempts, str(err).splitlines()[0][:200])
-            if attempt < attempts:
-                time.sleep(wait_s * 2 ** (attempt - 1))
-    return False
+            if attempt == attempts:
+                raise
+            time.sleep(wait_s * 2 ** (attempt - 1))
+    raise ValueError(f"attempts={attempts} must be >= 1")
+
+
+def with_retries(action: Callable[[], object], what: str, attempts: int, wait_s: float) -> bool:
+    """Like call_with_retries, but a final failure is a False, never an exception: training goes on."""
+    try:
+        call_with_retries(action, what, attempts, wait_s)
+        return True
+    except Exception:
+        return False
 
 
 def pushed_steps(run_dir: Path) -> set[int]:

@@ -1,0 +1,163 @@
+"""Runs that survive: kill, preempt, flaky or absent Hub. Faults are injected for real:
+signals to a real training process, HTTP errors from the local Hub stand-in."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, run_cli
+from safetensors.torch import load_file
+
+RUN = [
+    "experiment=demo",
+    "training.max_steps=24",
+    "training.logging_steps=4",
+    "training.save_steps=8",
+    "training.save_total_limit=2",
+    "evaluation.test_items=20",
+]
+
+
+class Training:
+    """A `python -m pricer.train` process whose progress bar we can watch."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pricer.train", *args], cwd=ROOT, env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        self.err = b""
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while chunk := self.proc.stderr.read1(4096):
+            self.err += chunk
+
+    def wait_for_step(self, step: int, timeout: float = 240) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            done = [int(n) for n in re.findall(rb"\| *(\d+)/24 \[", self.err)]
+            if done and max(done) >= step:
+                return max(done)
+            time.sleep(0.1)
+        raise AssertionError(f"training never reached step {step}:\n{self.err.decode()[-2000:]}")
+
+    def finish(self, timeout: float = 240) -> tuple[int, str]:
+        self.proc.wait(timeout)
+        time.sleep(0.2)  # let the reader drain the pipe
+        return self.proc.returncode, self.err.decode()
+
+
+def logged_losses(checkpoint: Path) -> dict[int, float]:
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return {entry["step"]: entry["loss"] for entry in state["log_history"] if "loss" in entry}
+
+
+@pytest.mark.slow
+def test_sigterm_saves_exits_interrupted_and_resume_auto_continues(tmp_path: Path) -> None:
+    args = [*RUN, f"output_root={tmp_path}"]
+    first = Training([*args, f"hydra.run.dir={tmp_path}/runs/first"])
+    first.wait_for_step(10)
+    first.proc.send_signal(signal.SIGTERM)
+    code, err = first.finish()
+    assert code == 128 + signal.SIGTERM, err[-2000:]
+    match = re.search(r"error: interrupted by SIGTERM at step (\d+): checkpoint saved", err)
+    assert match, err[-2000:]
+    step = int(match.group(1))
+    run_dir = tmp_path / "runs" / "first"
+    assert (run_dir / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").exists()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    name = json.loads((run_dir / "run.json").read_text())["run_name"]
+
+    again = run_cli([*args, "resume=auto", f"hydra.run.dir={tmp_path}/runs/second"])
+    assert again.returncode == 0, again.stderr[-2000:]
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert (meta["status"], meta["run_name"], meta["resumed"]) == ("finished", name, 1)
+    assert f"continuing from {run_dir / 'checkpoints' / f'checkpoint-{step}'}" in again.stdout + again.stderr
+    losses = logged_losses(run_dir / "checkpoints" / "checkpoint-24")
+    assert sorted(losses) == [4, 8, 12, 16, 20, 24]  # one unbroken curve across the interruption
+    assert json.loads((run_dir / "adapter" / "metrics.json").read_text())["train_steps"] == 24
+    assert not (tmp_path / "runs" / "second" / "adapter").exists()  # artifacts stay in the run's own dir
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    args = [*RUN, f"output_root={tmp_path}"]
+    straight = run_cli([*args, f"hydra.run.dir={tmp_path}/straight"])
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    killed = Training([*args, f"hydra.run.dir={tmp_path}/killed"])
+    killed.wait_for_step(13)  # checkpoint-8 is on disk, maybe checkpoint-16 half-written
+    killed.proc.kill()
+    killed.finish()
+    resumed = run_cli([*args, f"resume={tmp_path}/killed", f"hydra.run.dir={tmp_path}/resume"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    expected = logged_losses(tmp_path / "straight" / "checkpoints" / "checkpoint-24")
+    got = logged_losses(tmp_path / "killed" / "checkpoints" / "checkpoint-24")
+    assert sorted(got) == sorted(expected)
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=0.05), (step, got, expected)
+    a = load_file(tmp_path / "straight" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "killed" / "adapter" / "adapter_model.safetensors")
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-3, rtol=0.05), key
+
+
+@pytest.mark.slow
+def test_flaky_hub_loses_nothing(tmp_path: Path, hub_stand_in) -> None:
+    """A dropped connection, then 429s: training goes on and every checkpoint lands, in order."""
+    # every push starts with create_repo, which huggingface_hub does not retry itself: pricer must
+    hub_stand_in.fault_match = "/api/repos/create"
+    hub_stand_in.drop_first_n, hub_stand_in.fail_first_n, hub_stand_in.fail_status = 1, 3, 429
+    run_dir = tmp_path / "run"
+    out = run_cli(
+        [*RUN, "hub.push=true", "hub.push_wait_s=0.2", f"hydra.run.dir={run_dir}", f"output_root={tmp_path}"],
+        env={"HF_HUB_OFFLINE": "0"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "push checkpoint-8 failed (attempt 4/5)" in out.stdout + out.stderr
+    assert json.loads((run_dir / "pushed.json").read_text()) == [8, 16, 24]
+    (repo_id,) = hub_stand_in.repos
+    messages = [c.message for c in hub_stand_in.commits(repo_id)]
+    assert [m for m in messages if m.startswith("Training in progress")] == [
+        f"Training in progress, step {s}" for s in (8, 16, 24)
+    ]
+    assert messages[-1] == "final adapter, tokenizer and model card"
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("checkpoint-*")) == ["checkpoint-16", "checkpoint-24"]
+
+
+@pytest.mark.slow
+def test_hub_down_all_run_then_pricer_push_sends_everything(tmp_path: Path, hub_stand_in) -> None:
+    hub_stand_in.fail_first_n, hub_stand_in.fail_status = 10**9, 503
+    run_dir = tmp_path / "run"
+    out = run_cli(
+        [*RUN, "hub.push=true", "hub.hf_user=pricer-tester", "hub.push_attempts=2", "hub.push_wait_s=0.05",
+         f"hydra.run.dir={run_dir}", f"output_root={tmp_path}"],
+        env={"HF_HUB_OFFLINE": "0"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]  # a dead Hub never kills training
+    assert f"run `python -m pricer.push {run_dir}`" in out.stdout + out.stderr
+    # save_total_limit=2, but nothing was pushed, so nothing was deleted
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("checkpoint-*")) == ["checkpoint-16", "checkpoint-24", "checkpoint-8"]
+    assert not hub_stand_in.repos
+
+    hub_stand_in.fail_first_n = 0  # the network is back
+    push = subprocess.run([sys.executable, "-m", "pricer.push", str(run_dir), "--wait-s", "0.05"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert push.returncode == 0, push.stderr[-2000:]
+    assert "pushed checkpoint-8, checkpoint-16, checkpoint-24, adapter" in push.stdout
+    (repo_id,) = hub_stand_in.repos
+    assert hub_stand_in.repos[repo_id].private
+    files = hub_stand_in.files(repo_id)
+    assert files["adapter_model.safetensors"] == (run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
+    again = subprocess.run([sys.executable, "-m", "pricer.push", str(run_dir)], cwd=ROOT, capture_output=True, text=True)
+    assert "nothing: all up to date" in again.stdout
