@@ -63,7 +63,7 @@ def logged_losses(checkpoint: Path) -> dict[int, float]:
 
 @pytest.mark.slow
 def test_sigterm_saves_exits_interrupted_and_resume_auto_continues(tmp_path: Path) -> None:
-    args = [*RUN, f"output_root={tmp_path}"]
+    args = [*RUN, "tracking=wandb", f"output_root={tmp_path}"]
     first = Training([*args, f"hydra.run.dir={tmp_path}/runs/first"])
     first.wait_for_step(10)
     first.proc.send_signal(signal.SIGTERM)
@@ -86,6 +86,8 @@ def test_sigterm_saves_exits_interrupted_and_resume_auto_continues(tmp_path: Pat
     assert sorted(losses) == [4, 8, 12, 16, 20, 24]  # one unbroken curve across the interruption
     assert json.loads((run_dir / "adapter" / "metrics.json").read_text())["train_steps"] == 24
     assert not (tmp_path / "runs" / "second" / "adapter").exists()  # artifacts stay in the run's own dir
+    attempts = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(attempts) == 2 and len({path.name.rsplit("-", 1)[1] for path in attempts}) == 1  # one W&B run, resumed
 
 
 @pytest.mark.slow
