@@ -21,8 +21,10 @@ test-full: ## the suite plus GPU tests (run on a GPU machine)
 lint: ## ruff
 	$(PY) -m ruff check pricer tests bench hydra_plugins scripts
 
-bench: ## GPU benchmarks (print numbers, write BENCHMARKS.md)
+bench: ## benchmarks that print numbers and write BENCHMARKS.md (eval and training need a GPU)
+	$(PY) bench/sweep_efficiency.py
 	$(PY) bench/eval_throughput.py
+	$(PY) bench/train_throughput.py
 
 clean: ## remove outputs and caches
 	rm -rf outputs multirun .pytest_cache .ruff_cache

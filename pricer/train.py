@@ -26,11 +26,12 @@ log = logging.getLogger("pricer")
 def train(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run = validate(cfg, choices=dict(hydra_cfg.runtime.choices))  # fails here, before any download
-    from pricer import tracking
+    from pricer import tracking, trial
     from pricer.interrupt import Interrupted
 
     run_dir, meta = start_or_resume(run, hydra_cfg)
     log.info("run %s -> %s (hub: %s)", meta["project_run_name"], run_dir, meta["repo_id"] or "off")
+    trial.set_trial_attrs(hub_repo=meta["repo_id"], wandb_run=meta["project_run_name"])  # for pricer.compare
 
     data = load_data(run)
     tokenizer, model = load_model(run)
@@ -41,7 +42,8 @@ def train(cfg: DictConfig) -> float:
         run.tracking.get("project", run.project),
         meta["project_run_name"],
         meta["group"],
-        OmegaConf.to_container(cfg, resolve=True) | {"run_name": meta["run_name"], "hub_repo": meta["repo_id"]},
+        OmegaConf.to_container(cfg, resolve=True)
+        | {"run_name": meta["run_name"], "hub_repo": meta["repo_id"], "trial": trial.current_trial_info()},
         str(run_dir),
         meta["wandb_id"],
         run.tracking.get("entity"),
@@ -169,7 +171,8 @@ def fit(run: RunConfig, model, tokenizer, data, run_dir: Path, meta: dict, repor
     stopper = StopOnSignal()
     trainer = build_trainer(
         model, tokenizer, args, build_lora_config(run.lora), data["train"],
-        callbacks=[keeper, stopper, *trial.trial_callbacks()], compute_dtype=run.compute_dtype,
+        callbacks=[keeper, stopper, *trial.trial_callbacks(eval_during_training=bool(run.evaluation["eval_steps"]))],
+        compute_dtype=run.compute_dtype,
     )
     evaluation = run.evaluation
     if evaluation["eval_steps"]:

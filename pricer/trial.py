@@ -1,9 +1,10 @@
 """The job side of a sweep trial: report the objective as training goes, stop when pruned.
 
-The sweeper (hydra_plugins/pricer_optuna_sweeper) starts each job with its trial's
-storage URL, study name and number in the environment (through `hydra.job.env_set`,
-so it reaches jobs that a launcher runs elsewhere, e.g. on SLURM). Reading them here
-keeps pricer.train free of sweep arguments: outside a sweep every function is a no-op.
+The sweeper (hydra_plugins/pricer_optuna_sweeper) starts each job with the study's
+storage URL and name in the environment, and the trial number through the job's
+`hydra.job.env_set` (so it also reaches jobs a launcher runs elsewhere, e.g. SLURM).
+Reading them here keeps pricer.train free of sweep arguments: outside a sweep every
+function is a no-op.
 
 The pruning decision is taken in the job, right after each report, by the study's
 pruner: the sweeper stores the pruner's config in the study (`PRUNER_ATTR`), the one
@@ -68,9 +69,9 @@ def raise_if_pruned() -> None:
     import optuna
 
     attrs = _trial(*_trial_env()).user_attrs
-    if NAN_AT in attrs:
+    if attrs.get(NAN_AT) is not None:  # None: reset on a re-queued trial
         raise FloatingPointError(f"the objective became NaN at step {attrs[NAN_AT]}")
-    if PRUNED_AT in attrs:
+    if attrs.get(PRUNED_AT) is not None:
         raise optuna.TrialPruned(f"pruned at step {attrs[PRUNED_AT]}")
 
 
@@ -83,48 +84,58 @@ def set_trial_attrs(**attrs: Any) -> None:
         trial.set_user_attr(key, value)
 
 
-def trial_callbacks() -> list:
-    """[a TrainerCallback reporting to the trial] inside a sweep trial, [] otherwise."""
+def trial_callbacks(eval_during_training: bool = False) -> list:
+    """[a TrainerCallback reporting to the trial] inside a sweep trial, [] otherwise.
+
+    What it reports: the objective as scored during training (PRICER_OPTUNA_METRIC, set
+    by the sweeper; `test/price_error` is logged as `eval_price_error`) when the run
+    scores during training, else the train loss at each log step. Never both in one
+    trial: Optuna's median/percentile pruners compare a trial's best value so far, so a
+    loss of 1.2 reported before the first $300 price error would shield the trial.
+    Pass `eval_during_training=True` when a callback of the run logs the metric
+    (pricer's evaluation.eval_steps); Trainer evaluation (eval_strategy) is seen alone.
+    """
     if _trial_env() is None:
         return []
-    return [_reporting_callback(os.environ.get(ENV_METRIC) or "eval_loss")]
+    return [_reporting_callback(os.environ.get(ENV_METRIC) or "eval_loss", eval_during_training)]
 
 
-def _reporting_callback(metric: str):
+def _reporting_callback(metric: str, eval_during_training: bool):
     """Built on call so that importing pricer.trial does not import transformers."""
     from transformers import TrainerCallback
 
     class OptunaReportCallback(TrainerCallback):
-        """Reports `metric` at each evaluation, else the train loss at each log step.
+        """Reports one series per trial at each log; stops training when the trial is pruned.
 
         Setting should_training_stop (rather than raising here) lets the trainer end
-        normally: the sweeper learns of the pruning from raise_if_pruned afterwards.
+        normally (checkpoint, W&B); raise_if_pruned tells the sweeper afterwards.
         """
 
         def __init__(self) -> None:
-            self.saw_eval = False
+            self.use_metric = eval_during_training and metric not in ("train_loss", "loss")
 
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            value = _pick(metrics or {}, metric)
-            if value is not None:
-                self.saw_eval = True
-                self._report(value, state.global_step, control)
+        def on_train_begin(self, args, state, control, **kwargs):
+            if args.eval_strategy != "no" and metric not in ("train_loss", "loss"):
+                self.use_metric = True
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if not self.saw_eval and logs and "loss" in logs:  # "train_loss" is the end summary
-                self._report(logs["loss"], state.global_step, control)
-
-        def _report(self, value: float, step: int, control) -> None:
-            if report(float(value), step):
+            logs = logs or {}
+            loss = logs.get("loss")  # "train_loss" is the end-of-training summary
+            if loss is not None and math.isnan(loss):
+                value = loss  # diverged: report() stops the run and fails the trial
+            else:
+                value = _pick(logs, metric) if self.use_metric else loss
+            if value is not None and report(float(value), state.global_step):
                 control.should_training_stop = True
 
     return OptunaReportCallback()
 
 
 def _pick(metrics: dict, name: str) -> float | None:
-    """`eval/price_error` (W&B style) and `eval_price_error` (Trainer style) are the same metric."""
+    """The objective as logged during training: `eval/price_error` and `eval_price_error` are one
+    metric, and objective `test/price_error` (scored after training) is `eval_price_error` during it."""
     flat = name.replace("/", "_")
-    for key in (name, flat, f"eval_{flat}"):
+    for key in (name, flat, f"eval_{name.rsplit('/', 1)[-1]}"):
         if key in metrics:
             return metrics[key]
     return None
@@ -136,12 +147,12 @@ def _trial_env() -> tuple[str, str, int] | None:
     return os.environ[ENV_STORAGE], os.environ[ENV_STUDY], int(os.environ[ENV_TRIAL])
 
 
-def open_storage(url: str, **heartbeat: Any):
+def open_storage(url: str, **kwargs: Any):
     """An RDBStorage; SQLite waits for the lock (workers write at once) instead of failing."""
     import optuna
 
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
 
 
 @lru_cache(maxsize=1)
@@ -150,7 +161,8 @@ def _trial(storage_url: str, study_name: str, number: int):
     import optuna
     from hydra.utils import instantiate
 
-    storage = open_storage(storage_url)
+    # the sweeper created the tables and checked their version: skip both (~0.1 s per job)
+    storage = open_storage(storage_url, skip_compatibility_check=True, skip_table_creation=True)
     study_id = storage.get_study_id_from_name(study_name)
     spec = storage.get_study_user_attrs(study_id).get(PRUNER_ATTR)
     pruner = instantiate(spec) if spec else optuna.pruners.NopPruner()

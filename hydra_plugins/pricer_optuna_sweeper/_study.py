@@ -1,0 +1,216 @@
+"""One worker's ask-run-tell loop on a shared study, and what it needs.
+
+Every worker (a thread, a process, another machine) runs `run_trials` against the same
+storage. There is no batch: a worker asks for its next trial as soon as its last one
+ends. The study itself is the only shared state:
+
+- budget: a worker claims a trial only while fewer than n_trials are done or running;
+  a lock (a file in the sweep dir; on PostgreSQL also an advisory lock, for sweeps on
+  other machines) makes that count exact;
+- resume: each running trial gets a heartbeat; a trial whose heartbeat stopped (killed
+  sweep, dead machine) is marked FAIL without a `fail_reason` and re-queued with its
+  params (Optuna's RetryHeartbeatStaleTrialCallback), so a rerun finishes it;
+- failures: a failed trial carries `fail_reason`; once more than max_failure_rate x
+  n_trials failed, workers stop claiming.
+"""
+
+import gc
+import logging
+import math
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.utils import JobReturn, JobStatus
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from pricer.trial import NAN_AT, PRUNED_AT, open_storage
+
+from ._locks import database_lock, file_lock, heartbeat
+
+log = logging.getLogger(__name__)
+
+FAIL_REASON = "fail_reason"  # user attr of a trial that failed (absent: interrupted, re-queued)
+WORKER = "worker"  # user attr: host:pid of the worker that claimed the trial
+MAX_RETRY = 2  # an interrupted trial is re-queued at most this often (a trial that kills its worker)
+_COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+def open_study(url: str, name: str, directions: list[str], heartbeat_interval: int,
+               grace_period: int | None) -> optuna.Study:
+    """Create or join the study; the caller sets its sampler once it knows the study's size.
+
+    Under the database lock: sweeps starting together on a fresh PostgreSQL database
+    would otherwise race to create Optuna's tables (a duplicate-key error for one).
+    """
+    with database_lock(url, "pricer: create tables and study"):
+        storage = open_storage(
+            url,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+        )
+        return optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True)
+
+
+def run_trials(study: optuna.Study, suggest: Callable[[Trial], None], launch: Callable[[Trial], JobReturn], *,
+               url: str, n_trials: int, max_failures: float, lock_path: Path, grace_s: float) -> None:
+    """Claim, run and record trials until the budget is spent and nothing runs any more.
+
+    Waiting for other workers' running trials matters: if one of them dies, its trial is
+    re-queued after the grace period and this worker runs it.
+    """
+    while failed_count(study) <= max_failures:
+        trial = claim(study, suggest, url, n_trials, lock_path, grace_s)
+        if trial is None:
+            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                return
+            time.sleep(min(grace_s / 2, 10))
+            continue
+        with heartbeat(study, trial):
+            ret = _launch_guarded(study, trial, launch)
+        tell(study, trial, ret)
+        del ret  # a failed job's exception holds its frames, hence its model: free it now
+        _release_memory()
+    log.error("%d trials failed, more than max_failure_rate allows: no new trials", failed_count(study))
+
+
+def claim(study: optuna.Study, suggest: Callable[[Trial], None], url: str, n_trials: int, lock_path: Path,
+          grace_s: float) -> Trial | None:
+    """A new (or re-queued) trial with its params, or None when the budget is spent.
+
+    Params are drawn under the lock too, so the sampler sees every running trial's
+    params (TPE's constant liar) and two workers do not draw the same point.
+    """
+    with file_lock(lock_path), database_lock(url, f"pricer: claim in {study.study_name}"):
+        optuna.storages.fail_stale_trials(study)  # re-queues trials of dead workers
+        _fail_unclaimed(study, grace_s)
+        if used_count(study) >= n_trials:
+            return None
+        trial = study.ask()
+        study._storage.record_heartbeat(trial._trial_id)
+        trial.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")
+        for key in (PRUNED_AT, NAN_AT):  # a re-queued trial inherits its predecessor's user attrs
+            if trial.user_attrs.get(key) is not None:
+                trial.set_user_attr(key, None)
+        try:
+            suggest(trial)
+        except Exception as err:  # a broken custom_search_space: fail the trial, stop this worker
+            trial.set_user_attr(FAIL_REASON, _reason(err))
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        return trial
+
+
+def _fail_unclaimed(study: optuna.Study, grace_s: float) -> None:
+    """Fail RUNNING trials whose worker died between ask() and its first heartbeat.
+
+    Optuna never calls a trial without a heartbeat stale, so such a trial would count as
+    running forever. The WORKER attr is written right after the first heartbeat: a trial
+    still without it after the grace period has no live worker (and no params to retry).
+    """
+    now = datetime.now()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if WORKER not in t.user_attrs and (now - t.datetime_start).total_seconds() > grace_s:
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def used_count(study: optuna.Study) -> int:
+    """Trials that count against n_trials: done, running, or failed for a reason."""
+    trials = study.get_trials(deepcopy=False)
+    return sum(t.state in _COUNTED or _failed(t) for t in trials)
+
+
+def failed_count(study: optuna.Study) -> int:
+    return sum(_failed(t) for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+
+
+def _failed(trial: FrozenTrial) -> bool:
+    return trial.state == TrialState.FAIL and FAIL_REASON in trial.user_attrs
+
+
+def _launch_guarded(study: optuna.Study, trial: Trial, launch: Callable[[Trial], JobReturn]) -> JobReturn:
+    """Run the job; an error outside the job (launcher, composition) fails only this trial.
+
+    Ctrl-C marks the trial interrupted and re-queues it at once, so a rerun resumes it.
+    """
+    try:
+        return launch(trial)
+    except Exception as err:  # noqa: BLE001 - any launcher error is this trial's failure
+        return JobReturn(status=JobStatus.FAILED, _return_value=err)
+    except BaseException:
+        frozen = study.tell(trial, state=TrialState.FAIL)
+        study._storage.get_heartbeat_stale_trial_callback()(study, frozen)
+        raise
+
+
+def tell(study: optuna.Study, trial: Trial, ret: JobReturn) -> None:
+    """Record the job's outcome: COMPLETE, PRUNED (TrialPruned) or FAIL with its reason."""
+    if ret.hydra_cfg is not None:
+        trial.set_user_attr("output_dir", ret.hydra_cfg.hydra.runtime.output_dir)
+    error = ret._return_value if ret.status == JobStatus.FAILED else None
+    if isinstance(error, optuna.TrialPruned):
+        study.tell(trial, state=TrialState.PRUNED)
+        log.info("trial %d pruned: %s", trial.number, error)
+    else:
+        values, reason = (None, _reason(error)) if error is not None else _values(ret._return_value, study)
+        if reason is None:
+            study.tell(trial, values)
+            log.info("trial %d: %s with %s", trial.number, values, trial.params)
+        else:
+            trial.set_user_attr(FAIL_REASON, reason)
+            study.tell(trial, state=TrialState.FAIL)
+            log.warning("trial %d failed: %s", trial.number, reason, exc_info=error)
+    if error is not None:
+        error.__traceback__ = None  # even if a Hydra callback kept the JobReturn
+
+
+def _values(returned: Any, study: optuna.Study) -> tuple[list[float] | None, str | None]:
+    """The objective(s) as floats, or the reason they are unusable."""
+    many = returned if isinstance(returned, (list, tuple)) else [returned]
+    try:
+        values = [float(v) for v in many]
+    except (TypeError, ValueError):
+        return None, f"the job returned {returned!r}, not a number"
+    if len(values) != len(study.directions):
+        return None, f"the job returned {len(values)} values for {len(study.directions)} directions"
+    if any(math.isnan(v) or math.isinf(v) for v in values):
+        return None, f"the objective is not finite: {values}"
+    return values, None
+
+
+def _reason(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}"
+    if "out of memory" in text.lower() or "OutOfMemory" in text:
+        text = f"out of memory ({text})"
+    return text[:1000]
+
+
+def _release_memory() -> None:
+    """Free what the last job left on the GPU before the next job of this process starts."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def results(study: optuna.Study) -> dict[str, Any]:
+    """optimization_results.yaml: the best trial (or the Pareto front) and counts by state."""
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    out: dict[str, Any] = {"name": "optuna", "study_name": study.study_name, "trials": counts}
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return out
+    if len(study.directions) == 1:
+        best = study.best_trial
+        out.update(best_trial=best.number, best_params=best.params, best_value=best.value)
+    else:
+        out["solutions"] = [{"number": t.number, "params": t.params, "values": t.values} for t in study.best_trials]
+    return out

@@ -1,0 +1,63 @@
+"""n_jobs worker processes, one per GPU, each running the sweep's own trial loop.
+
+A worker is the same command line again with `hydra.sweeper.n_jobs=1` and the resolved
+sweep dir (the storage URL and study name come through the environment): it composes
+the same config and runs trials one at a time in its own process (Hydra's in-process
+launcher is safe with one job at a time), on its own GPU through CUDA_VISIBLE_DEVICES.
+Hydra's on_multirun_* callbacks therefore run once per worker, on_job_* once per trial.
+"""
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+log = logging.getLogger(__name__)
+
+WORKER_ENV = "PRICER_SWEEP_WORKER"  # set in a worker: its index
+
+
+def detect_devices() -> list[str]:
+    """The GPUs to pin workers to: CUDA_VISIBLE_DEVICES if set, else what nvidia-smi lists."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip()]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+
+
+def run_workers(n_jobs: int, devices: list[str], overrides: list[str]) -> list[int]:
+    """Start the workers, wait for all of them; their exit codes."""
+    if devices and n_jobs > len(devices):
+        log.warning("%d workers on %d GPUs: some GPUs run two trials at once", n_jobs, len(devices))
+    procs = [_start(k, devices[k % len(devices)] if devices else None, overrides) for k in range(n_jobs)]
+    try:
+        return [proc.wait() for proc in procs]
+    except KeyboardInterrupt:  # the workers got the same Ctrl-C: let them record their trials
+        return [proc.wait() for proc in procs]
+
+
+def _start(index: int, device: str | None, overrides: list[str]) -> subprocess.Popen:
+    env = dict(os.environ, **{WORKER_ENV: str(index)})
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = device
+    cmd = [sys.executable, *sys.orig_argv[1:], *overrides]
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)
+    log.info("worker %d (pid %d) on %s", index, proc.pid, f"GPU {device}" if device is not None else "the CPU")
+    return proc
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker gets SIGTERM when the sweep process dies, instead of living on unseen."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass

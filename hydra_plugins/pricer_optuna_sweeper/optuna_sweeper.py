@@ -1,0 +1,209 @@
+"""The Hydra Sweeper: parse the search space, open the study, run trials, write results.
+
+How trials run depends on n_jobs and the launcher:
+- n_jobs=1: here, one job at a time through the configured launcher;
+- n_jobs>1 with Hydra's in-process launcher: n_jobs worker processes (_workers.py),
+  each pinned to a GPU, each with its own ask-run-tell loop;
+- n_jobs>1 with a launcher that runs jobs elsewhere (submitit/SLURM): n_jobs threads
+  here, each launching one job at a time.
+In every case a worker starts its next trial when its last one ends: no batches.
+Optuna is imported in sweep(), not at module import: Hydra imports this module at
+every start-up to discover plugins.
+"""
+
+import logging
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, env_override
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import get_method, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+class PricerOptunaSweeper(Sweeper):
+    def __init__(self, sampler: DictConfig, pruner: DictConfig, direction: Any, storage: str | None,
+                 study_name: str | None, n_trials: int, n_jobs: int, max_failure_rate: float,
+                 params: DictConfig | None, custom_search_space: str | None, metric: str | None,
+                 devices: list[str] | None, heartbeat_interval: int, grace_period: int | None) -> None:
+        if not 0.0 <= max_failure_rate <= 1.0:
+            raise ValueError(f"hydra.sweeper.max_failure_rate={max_failure_rate} must lie in [0, 1]")
+        self.sampler_cfg, self.pruner_cfg = sampler, pruner
+        self.directions = [str(d) for d in direction] if OmegaConf.is_list(direction) else [str(direction)]
+        if any(d not in ("minimize", "maximize") for d in self.directions):
+            raise ValueError(f"hydra.sweeper.direction={self.directions}: use minimize, maximize or a list of them")
+        self.storage, self.study_name = storage, study_name
+        self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
+        self.params = params or {}
+        self.custom_search_space = get_method(custom_search_space) if custom_search_space else None
+        self.metric, self.devices = metric, devices
+        self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def sweep(self, arguments: list[str]) -> None:
+        from . import _space, _study, _workers
+
+        _quiet_optuna()
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        space, fixed = _space.parse([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
+        for key in fixed:  # `key=value` on the command line pins a swept key
+            space.pop(key, None)
+        is_worker = _workers.WORKER_ENV in os.environ
+        url, name = self._study_address(sweep_dir, is_worker)
+        study, n_trials = self._open_study(url, name, space)
+        if not is_worker:
+            OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+            log.info("study %s in %s: %d of %d trials done or running", name, _masked(url),
+                     _study.used_count(study), n_trials)
+        with env_override(self._job_env(url, name)):  # inherited by in-process jobs, workers, sbatch
+            codes = self._run(study, url, n_trials, space, fixed, sweep_dir)
+        if not is_worker:
+            self._write_results(sweep_dir, _study.results(study))
+        failed = _study.failed_count(study)
+        if failed > self.max_failure_rate * n_trials:
+            raise RuntimeError(f"{failed} of {n_trials} trials failed, more than max_failure_rate="
+                               f"{self.max_failure_rate} allows; reasons: `python -m pricer.compare {sweep_dir}`")
+        if any(codes):
+            raise RuntimeError(f"sweep workers exited with codes {codes}: see their logs above")
+
+    def _study_address(self, sweep_dir: Path, is_worker: bool) -> tuple[str, str]:
+        """Storage URL and study name; a worker inherits its parent's (no URL in overrides: passwords)."""
+        from pricer.trial import ENV_STORAGE, ENV_STUDY
+
+        if is_worker:
+            return os.environ[ENV_STORAGE], os.environ[ENV_STUDY]
+        return self.storage or f"sqlite:///{sweep_dir / 'optuna.db'}", self.study_name or sweep_dir.name
+
+    def _open_study(self, url: str, name: str, space: dict) -> tuple[Any, int]:
+        """Create or join the study, with this process's sampler and the pruner the jobs will use."""
+        from pricer.trial import PRUNER_ATTR
+
+        from . import _study, _workers
+
+        study = _study.open_study(url, name, self.directions, self.heartbeat_interval, self.grace_period)
+        stream = (len(study.get_trials(deepcopy=False)), int(os.environ.get(_workers.WORKER_ENV, 0)))
+        study.sampler, n_trials = self._sampler(space, stream)
+        pruner_spec = OmegaConf.to_container(self.pruner_cfg, resolve=True)
+        study.pruner = instantiate(pruner_spec)  # a bad pruner key fails here, not in every job
+        study.set_user_attr(PRUNER_ATTR, pruner_spec)
+        return study, n_trials
+
+    def _run(self, study: Any, url: str, n_trials: int, space: dict, fixed: dict[str, str],
+             sweep_dir: Path) -> list[int]:
+        """Run the trial loop here, in n_jobs threads, or in n_jobs worker processes (their exit codes)."""
+        from . import _space, _study, _workers
+
+        if self.n_jobs > 1 and _runs_in_process(self.launcher):
+            devices = list(map(str, self.devices)) if self.devices else _workers.detect_devices()
+            overrides = ["hydra.sweeper.n_jobs=1", f"hydra.sweep.dir={_space.quote(str(sweep_dir))}"]
+            return _workers.run_workers(self.n_jobs, devices, overrides)
+
+        def loop() -> None:
+            _study.run_trials(study, lambda trial: self._suggest(trial, space, fixed),
+                              lambda trial: self._launch(trial, fixed), url=url, n_trials=n_trials,
+                              max_failures=self.max_failure_rate * n_trials, lock_path=sweep_dir / ".optuna.lock",
+                              grace_s=self.grace_period or 2 * self.heartbeat_interval)  # Optuna's default grace
+
+        if self.n_jobs == 1:
+            loop()
+            return []
+        with ThreadPoolExecutor(self.n_jobs, thread_name_prefix="trials") as pool:
+            for future in [pool.submit(loop) for _ in range(self.n_jobs)]:
+                future.result()
+        return []
+
+    def _sampler(self, space: dict, stream: tuple[int, int]) -> tuple[Any, int]:
+        """The sampler, and n_trials (a grid caps it at its size).
+
+        A seeded sampler restarted on a resumed study, or started in a second worker,
+        would draw the same params again: `stream` (trials so far, worker index) is mixed
+        into the seed, so every process draws its own reproducible sequence.
+        """
+        import numpy as np
+
+        from . import _space
+
+        kwargs: dict[str, Any] = {}
+        seed = self.sampler_cfg.get("seed")
+        if seed is not None and any(stream):
+            kwargs["seed"] = int(np.random.SeedSequence([seed, *stream]).generate_state(1)[0])
+        if not str(self.sampler_cfg.get("_target_", "")).endswith("GridSampler"):
+            return instantiate(self.sampler_cfg, **kwargs), self.n_trials
+        grid = _space.grid(space)
+        size = math.prod(len(values) for values in grid.values())
+        if size < self.n_trials:
+            log.info("grid of %d points: n_trials %d -> %d", size, self.n_trials, size)
+        return instantiate(self.sampler_cfg, search_space=grid, **kwargs), min(self.n_trials, size)
+
+    def _job_env(self, url: str, name: str) -> dict[str, str]:
+        """What every job of the study finds in its environment (the trial number comes per job).
+
+        Set in this process rather than as job overrides: overrides are logged and saved
+        in each job's hydra.yaml, and a storage URL may hold a password.
+        """
+        from pricer import trial as job_side
+
+        metric = self.metric or OmegaConf.select(self.config, "optimized_metric") or "eval_loss"
+        return {job_side.ENV_STORAGE: url, job_side.ENV_STUDY: name, job_side.ENV_METRIC: str(metric)}
+
+    def _suggest(self, trial: Any, space: dict, fixed: dict[str, str]) -> None:
+        """Draw the trial's params; fixed overrides are kept as user attrs, as hydra-optuna-sweeper did."""
+        from . import _space
+
+        _space.suggest(trial, space)
+        if self.custom_search_space is not None:
+            self.custom_search_space(self.config, trial)
+        for key, value in fixed.items():
+            trial.set_user_attr(key, value)
+
+    def _launch(self, trial: Any, fixed: dict[str, str]) -> JobReturn:
+        """Run the trial's job through the launcher (job num = trial number, so its dir too)."""
+        from pricer.trial import ENV_TRIAL
+
+        from . import _space
+
+        overrides = [f"{k}={_space.override_value(v)}" for k, v in trial.params.items()]
+        overrides += [f"{k}={v}" for k, v in fixed.items()]
+        overrides.append(f"++hydra.job.env_set.{ENV_TRIAL}={trial.number}")  # per job, so via its config
+        return self.launcher.launch([overrides], initial_job_idx=trial.number)[0]
+
+    def _write_results(self, sweep_dir: Path, results: dict) -> None:
+        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+        if "best_value" in results:
+            log.info("best trial %d: %s = %s", results["best_trial"], results["best_params"], results["best_value"])
+        log.info("trials by state %s; results in %s", results["trials"], sweep_dir / "optimization_results.yaml")
+
+
+def _quiet_optuna() -> None:
+    import warnings
+
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")  # we beat, not optimize()
+
+
+def _runs_in_process(launcher: Any) -> bool:
+    """Hydra's basic launcher runs jobs in this process: parallel jobs need worker processes."""
+    from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+
+    return isinstance(launcher, BasicLauncher)
+
+
+def _masked(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

@@ -1,0 +1,161 @@
+"""Compare the trials of a sweep: python -m pricer.compare SWEEP_DIR_OR_STORAGE_URL [--study NAME]
+
+Prints every trial (params, objective, state, duration, Hub repo, W&B run, why it
+failed or where it was pruned) best first, and saves three plots as PNG next to the
+study: optimisation history, parallel coordinates, parameter importance. The same
+study opens live in `optuna-dashboard URL`.
+"""
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
+RUN_ATTRS = ("hub_repo", "wandb_run")  # written by the job through pricer.trial.set_trial_attrs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pricer.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("target", help="a sweep dir (holding optuna.db) or a storage URL")
+    parser.add_argument("--study", help="study name; needed when the storage holds several")
+    parser.add_argument("--out", type=Path, help="where the PNGs go (default: next to the study)")
+    args = parser.parse_args(argv)
+    try:
+        url, out_dir = locate(args.target)
+        study = load_study(url, args.study)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_table(trial_rows(study)))
+    for line in save_plots(study, args.out or out_dir):
+        print(line)
+    print(f"live view: optuna-dashboard {url}")
+    return 0
+
+
+def locate(target: str) -> tuple[str, Path]:
+    """The storage URL, and the folder the plots go to (the SQLite file's, else here)."""
+    if "://" in target:
+        path = target.split(":///", 1)[1] if target.startswith("sqlite:///") else None
+        return target, Path(path).parent if path else Path.cwd()
+    path = Path(target)
+    db = path / "optuna.db" if path.is_dir() else path
+    if not db.is_file():
+        raise ValueError(f"{target}: no optuna.db there; pass the sweep dir or a storage URL")
+    return f"sqlite:///{db.resolve()}", db.resolve().parent
+
+
+def load_study(url: str, name: str | None):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    names = optuna.get_all_study_names(url)
+    if name is None and len(names) != 1:
+        raise ValueError(f"pick a study with --study: {', '.join(names) or 'none in this storage'}")
+    if (name or names[0]) not in names:
+        raise ValueError(f"no study {name!r}; studies: {', '.join(names)}")
+    return optuna.load_study(study_name=name or names[0], storage=url)
+
+
+def trial_rows(study) -> list[dict[str, Any]]:
+    """One dict per trial, best first: finished trials by objective, then pruned, then the rest."""
+    maximize = [d.name == "MAXIMIZE" for d in study.directions]
+    rows = [_row(t) for t in study.get_trials(deepcopy=False)]
+
+    def order(row: dict) -> tuple:
+        values = row["_values"]
+        key = (values[0] if not maximize[0] else -values[0]) if values else float("inf")
+        return STATE_ORDER.get(row["state"], 5), key, row["#"]
+
+    return sorted(rows, key=order)
+
+
+def _row(trial) -> dict[str, Any]:
+    from pricer.trial import PRUNED_AT
+
+    values = trial.values or []
+    note = trial.user_attrs.get("fail_reason", "")
+    if trial.state.name == "PRUNED":
+        note = f"pruned at step {trial.user_attrs.get(PRUNED_AT, trial.last_step)}"
+    elif trial.state.name == "FAIL" and not note:
+        note = "interrupted (re-queued)"
+    row: dict[str, Any] = {"#": trial.number, "state": trial.state.name,
+                           "objective": ", ".join(f"{v:.4g}" for v in values),
+                           "duration": _duration(trial.duration)}
+    row.update({name: _short(value) for name, value in trial.params.items()})
+    row.update({name: trial.user_attrs[name] for name in RUN_ATTRS if trial.user_attrs.get(name)})
+    row["note"] = note[:60]
+    row["_values"] = values
+    return row
+
+
+def _duration(delta) -> str:
+    if delta is None:
+        return ""
+    seconds = delta.total_seconds()
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes = int(seconds) // 60
+    return f"{minutes}m{int(seconds) % 60:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A plain fixed-width table; columns appear when any trial has them."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns and not c.startswith("_")]
+    columns = [c for c in columns if c != "note"] + ["note"]  # the long one last
+    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def save_plots(study, out_dir: Path) -> list[str]:
+    """history / parallel / importance PNGs; a plot the study cannot make yet is skipped, not fatal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as plots
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")  # target below is lower-better
+    target, lower_is_better = {}, {}
+    if len(study.directions) > 1:  # the plots show the first objective
+        target = {"target": lambda t: t.values[0], "target_name": "objective 0"}
+        sign = -1 if study.directions[0].name == "MAXIMIZE" else 1  # PED-ANOVA ranks low targets
+        lower_is_better = {"target": lambda t: sign * t.values[0], "target_name": "objective 0"}
+    # PED-ANOVA: needs no scikit-learn (fANOVA, the default, does) and copes with few trials
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+    makers = {
+        "history": lambda: plots.plot_optimization_history(study, **target),
+        "parallel": lambda: plots.plot_parallel_coordinate(study, **target),
+        "importance": lambda: plots.plot_param_importances(study, evaluator=evaluator, **lower_is_better),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for kind, make in makers.items():
+        path = out_dir / f"{study.study_name}-{kind}.png"
+        try:
+            axes = make()
+        except Exception as err:  # noqa: BLE001 - e.g. too few complete trials for this plot
+            lines.append(f"skipped {kind} plot: {err}")
+            continue
+        figure = axes.flat[0].figure if hasattr(axes, "flat") else axes.figure
+        figure.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(figure)
+        lines.append(f"plot: {path}")
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())
