@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 # Keys of the `hardware` group that are pricer's own; the rest go to SFTConfig.
-HARDWARE_KEYS = ("accelerator", "memory_gib", "compute_dtype")
+HARDWARE_KEYS = ("accelerator", "memory_gib", "compute_dtype", "liger", "compile")
 COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
 OBJECTIVES = ("test/price_error", "test/rmsle", "test/median_error", "test/hit_rate", "train_loss")
 
@@ -36,7 +36,7 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     },
     "hardware": {
         "accelerator": (str,), "memory_gib": (int, float), "compute_dtype": (str,), "bf16": (bool,), "fp16": (bool,),
-        "per_device_train_batch_size": (int,), "gradient_checkpointing": (bool,),
+        "per_device_train_batch_size": (int, str), "gradient_checkpointing": (bool,), "liger": (bool,), "compile": (bool,),
     },
 }
 LIBRARY_GROUPS = ("lora", "quant", "optimizer", "scheduler", "training")
@@ -68,6 +68,9 @@ class RunConfig:
     accelerator: str
     compute_dtype: str
     memory_gib: float
+    liger: bool  # Liger's fused kernels (pricer.speed)
+    compile: bool  # torch.compile of the decoder layers
+    auto_batch_size: bool  # measure peak memory and fill memory_gib (pricer.speed.pick_batch_size)
     data: dict[str, Any]
     hub: dict[str, Any]
     tracking: dict[str, Any]
@@ -217,6 +220,11 @@ def validate(cfg: DictConfig, choices: dict[str, str] | None = None, check_machi
     _check_schema(plain)
     hardware = dict(plain["hardware"])
     hw = {key: hardware.pop(key) for key in HARDWARE_KEYS}
+    auto_batch_size = hardware["per_device_train_batch_size"] == "auto"
+    if auto_batch_size:
+        if hw["accelerator"] != "cuda":
+            raise ConfigError("per_device_train_batch_size=auto measures CUDA memory: give a number on hardware=cpu")
+        hardware["per_device_train_batch_size"] = 1  # replaced by the measured pick before training
     sft = {**plain["training"], **plain["optimizer"], **plain["scheduler"], **hardware}
     if plain["optimized_metric"] not in OBJECTIVES:
         raise ConfigError(f"optimized_metric={plain['optimized_metric']} is not one of {', '.join(OBJECTIVES)}")
@@ -240,6 +248,9 @@ def validate(cfg: DictConfig, choices: dict[str, str] | None = None, check_machi
         accelerator=hw["accelerator"],
         compute_dtype=hw["compute_dtype"],
         memory_gib=hw["memory_gib"],
+        liger=hw["liger"],
+        compile=hw["compile"],
+        auto_batch_size=auto_batch_size,
         data=plain["data"],
         hub=plain["hub"],
         tracking=plain["tracking"],

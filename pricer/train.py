@@ -133,6 +133,10 @@ def load_model(run: RunConfig):
     tokenizer = modeling.load_tokenizer(
         model_cfg["pretrained_model_name_or_path"], model_cfg["revision"], model_cfg["trust_remote_code"]
     )
+    if run.liger:
+        from pricer import speed
+
+        speed.apply_liger(run.accelerator)  # patches transformers' Llama classes: before the model exists
     model = modeling.load_model(
         model_cfg["pretrained_model_name_or_path"],
         model_cfg["revision"],
@@ -178,6 +182,13 @@ def fit(run: RunConfig, model, tokenizer, data, run_dir: Path, meta: dict, repor
     if evaluation["eval_steps"]:
         trainer.add_callback(price_eval_callback(trainer, *data["val"], evaluation["eval_steps"],
                                                  evaluation["top_k"], evaluation["batch_tokens"]))
+    if run.auto_batch_size or run.compile:
+        from pricer import speed
+
+        if run.auto_batch_size:  # before compiling: the probe then measures eager memory, the safe side
+            speed.set_batch_size(trainer, speed.pick_batch_size(speed.step_runner(trainer), run.memory_gib))
+        if run.compile:
+            speed.compile_layers(trainer.model)
     log_sizes(trainer, args)
     drop_incomplete_checkpoints(checkpoints_dir)
     last = complete_checkpoints(checkpoints_dir)[-1:] if checkpoints_dir.exists() else []

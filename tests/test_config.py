@@ -57,7 +57,7 @@ def test_t4_preset_is_fp16_without_bf16() -> None:
     run, lora, bnb, sft = build_all(["lora=r8", "hardware=t4"])
     assert (lora.r, lora.lora_alpha) == (8, 16)
     assert sft.fp16 and not sft.bf16 and str(bnb.bnb_4bit_compute_dtype) == "torch.float16"
-    assert 1 <= sft.per_device_train_batch_size <= 4
+    assert sft.gradient_checkpointing, "a 15 GiB card needs the recompute to fit its batch"
 
 
 def test_cfg_job_prints_config_without_torch() -> None:

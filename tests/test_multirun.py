@@ -42,3 +42,37 @@ def test_grid_over_dropout(tmp_path: Path, hub_stand_in) -> None:
     assert all(group in record for record in records)
     assert all(sum(name.encode() in record for record in records) == 1 for name in names)
     assert sorted(p.name for p in sweep_dir.glob("*/adapter")) == ["adapter"] * 3
+
+
+@pytest.mark.slow
+def test_optuna_sweep_of_the_real_trainer(tmp_path: Path) -> None:
+    """sweep=tpe on the tiny model: every trial trains, scores, reports and lands in the study."""
+    import optuna
+
+    out = run_cli(
+        [
+            "sweep=tpe",
+            "experiment=demo",
+            "training.max_steps=8",
+            "training.logging_steps=2",
+            "evaluation.eval_steps=4",
+            "evaluation.val_items=16",
+            "evaluation.test_items=16",
+            "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.pruner.n_startup_trials=1",
+            "hydra.sweeper.pruner.n_warmup_steps=0",
+            f"output_root={tmp_path}",
+        ]
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    sweep_dir = tmp_path / "sweeps" / "tpe"
+    study = optuna.load_study(study_name="tpe", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    assert len(study.trials) == 3
+    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(finished) == 3 and study.trials[0].state == optuna.trial.TrialState.COMPLETE
+    for trial in study.trials:
+        assert {"optimizer.learning_rate", "lora.lora_dropout", "scheduler", "lora"} <= set(trial.params)
+        assert trial.user_attrs["wandb_run"].startswith("pricer-")
+        assert trial.intermediate_values  # eval_price_error reported at steps 4 and 8
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(study.best_value)
