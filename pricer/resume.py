@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 RUN_FILE = "run.json"
-FINISHED = "finished"
+ENDED = ("finished", "pruned")  # a run in these states is never continued
 
 
 class ResumeError(ValueError):
@@ -65,13 +65,13 @@ def find_resumable(resume: str, runs_root: Path, overrides: list[str]) -> Path |
         run_dir = Path(resume)
         if not (run_dir / RUN_FILE).exists():
             raise ResumeError(f"resume={resume} is not a pricer run dir (no {RUN_FILE}): pass a dir under outputs/runs")
-        if read_run(run_dir).get("status") == FINISHED:
-            raise ResumeError(f"resume={resume} already finished: start a new run without resume=")
+        if read_run(run_dir).get("status") in ENDED:
+            raise ResumeError(f"resume={resume} already {read_run(run_dir)['status']}: start a new run without resume=")
         return run_dir
     wanted = sorted(o for o in overrides if not o.startswith("resume="))
     candidates = []
     for run_file in runs_root.glob(f"**/{RUN_FILE}"):
         meta = json.loads(run_file.read_text())
-        if meta.get("status") != FINISHED and sorted(meta.get("overrides", [])) == wanted:
+        if meta.get("status") not in ENDED and sorted(meta.get("overrides", [])) == wanted:
             candidates.append((meta.get("started", ""), run_file.parent))
     return max(candidates)[1] if candidates else None

@@ -58,6 +58,11 @@ def train(cfg: DictConfig) -> float:
     except Interrupted:
         status = "interrupted"
         raise
+    except Exception as err:
+        from optuna import TrialPruned
+
+        status = "pruned" if isinstance(err, TrialPruned) else status
+        raise
     finally:
         write_run(run_dir, status=status)
         tracking.finish(run.tracking["backend"], status)

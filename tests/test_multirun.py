@@ -1,5 +1,6 @@
 """A grid --multirun: distinct names, repos and W&B runs, one W&B group, a summary."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,9 @@ def test_grid_over_dropout(tmp_path: Path, hub_stand_in) -> None:
     assert all(group in record for record in records)
     assert all(sum(name.encode() in record for record in records) == 1 for name in names)
     assert sorted(p.name for p in sweep_dir.glob("*/adapter")) == ["adapter"] * 3
+    for job in summary["jobs"]:  # what each run returned is its own test/price_error
+        written = json.loads((sweep_dir / str(job["job"]) / "adapter" / "metrics.json").read_text())
+        assert job["objective"] == pytest.approx(written["test/price_error"])
 
 
 @pytest.mark.slow

@@ -60,6 +60,11 @@ def test_cli_run_trains_pushes_tracks_and_leaks_no_secret(tmp_path: Path, hub_st
     assert metrics["test/items"] == 250 and metrics["baseline/items"] == 250
     assert metrics["test/price_error"] > 0 and 0 <= metrics["test/hit_rate"] <= 1
     assert (run_dir / "adapter" / "price_chart.png").stat().st_size > 10_000
+    from pricer.evaluate import main as evaluate_cli  # the run dir alone is enough to score it again
+
+    again = evaluate_cli([str(run_dir), "--out", str(tmp_path / "eval")])
+    for key in ("test/price_error", "test/rmsle", "test/hit_rate", "baseline/price_error"):
+        assert again[key] == pytest.approx(metrics[key], rel=1e-4), key
 
     # Hub: one private repo named pricer-{timestamp}, every save pushed, then the final files.
     (repo_id,) = hub_stand_in.repos
