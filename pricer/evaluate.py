@@ -136,7 +136,8 @@ def run_config(source: str | None, revision: str | None, overrides: list[str]) -
         if groups:
             raise SystemExit(f"{groups}: a saved run config takes dotted keys, e.g. hardware.accelerator=cpu")
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
-    return {group: OmegaConf.to_container(cfg[group], resolve=True) for group in ("model", "quant", "hardware", "data")}
+    groups = ("model", "quant", "hardware", "data", "evaluation")
+    return {group: OmegaConf.to_container(cfg[group], resolve=True) for group in groups if group in cfg}
 
 
 def load_for_eval(config: dict[str, Any], adapter: str | None, revision: str | None):
@@ -185,9 +186,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--revision", default=None, help="Hub commit, branch or tag of SOURCE")
     parser.add_argument("--adapter", choices=["source", "none"], default="source",
                         help="none: the base model alone (the baseline row)")
-    parser.add_argument("-n", "--items", type=int, default=DEFAULT_ITEMS, help="first N test items")
-    parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
-    parser.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS)
+    # Unset: the run config's `evaluation` group decides, so a run is scored again as it was scored.
+    parser.add_argument("-n", "--items", type=int, default=None, help="first N test items")
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--batch-tokens", type=int, default=None)
     parser.add_argument("--out", default=None, help="default: outputs/eval/{source}[-base][@revision]")
     args = parser.parse_args(argv)
     sources = [a for a in args.args if "=" not in a]
@@ -202,6 +204,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = _parse_args(argv)
     config = run_config(args.source, args.revision, args.overrides)
+    saved = config.get("evaluation", {})
+    items = args.items or saved.get("test_items", DEFAULT_ITEMS)
+    top_k = args.top_k or saved.get("top_k", DEFAULT_TOP_K)
+    batch_tokens = args.batch_tokens or saved.get("batch_tokens", DEFAULT_BATCH_TOKENS)
     name = Path(args.source or config["model"]["pretrained_model_name_or_path"]).name
     name += ("-base" if args.adapter == "none" else "") + (f"@{args.revision}" if args.revision else "")
     out = Path(args.out or Path("outputs") / "eval" / name)
@@ -210,13 +216,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     data = config["data"]  # before the model: a data problem shows in seconds, not after an 8B load
     splits = load_splits(data["path"], data["data_files"], data["revision"], data["max_train_samples"])
-    prompts, prices = first_test_items(splits["test"], args.items)
+    prompts, prices = first_test_items(splits["test"], items)
     train_prices = [float(p) for p in splits["train"]["price"]]
     adapter = None if args.adapter == "none" else args.source
     if adapter and (Path(adapter) / "adapter" / "adapter_config.json").exists():
         adapter = str(Path(adapter) / "adapter")  # a run dir keeps its final adapter in adapter/
     model, tokenizer = load_for_eval(config, adapter, args.revision)
-    metrics = evaluate_model(model, tokenizer, prompts, prices, out, train_prices, args.top_k, args.batch_tokens, name)
+    metrics = evaluate_model(model, tokenizer, prompts, prices, out, train_prices, top_k, batch_tokens, name)
     print(f"{name}: {summary_line(_unprefixed('test', metrics))}")
     print(f"constant mean ${metrics['baseline/guess']:,.2f}: {summary_line(_unprefixed('baseline', metrics))}")
     print(f"wrote {out / METRICS_FILE} and {out / CHART_FILE}")

@@ -92,7 +92,7 @@ class CheckpointKeeper(TrainerCallback):
     """Pushes each saved checkpoint on a background thread, then rotates the old ones."""
 
     def __init__(self, run_dir: Path, repo_id: str | None, private: bool, keep: int | None,
-                 attempts: int = 5, wait_s: float = 2.0) -> None:
+                 attempts: int, wait_s: float) -> None:
         self.run_dir, self.repo_id, self.private, self.keep = run_dir, repo_id, private, keep
         self.attempts, self.wait_s = attempts, wait_s
         self.todo: queue.Queue[Path | None] = queue.Queue()
@@ -118,7 +118,7 @@ class CheckpointKeeper(TrainerCallback):
             rotate(checkpoint.parent, self.keep, pushed_steps(self.run_dir), pushing=self.repo_id is not None)
 
 
-def push_pending(run_dir: Path, attempts: int = 5, wait_s: float = 2.0) -> list[str]:
+def push_pending(run_dir: Path, attempts: int, wait_s: float) -> list[str]:
     """Push every checkpoint and the final adapter that have not reached the Hub yet."""
     from pricer.hub import push_final
 
