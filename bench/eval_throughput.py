@@ -11,7 +11,6 @@ ids >= 1000 so that ids 1..999 act as Llama 3's price tokens.
 
 import argparse
 import platform
-import re
 import sys
 import time
 from functools import partial
@@ -21,6 +20,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_report import write_section  # noqa: E402  (bench/bench_report.py, beside this script)
+
 from pricer.predict import DEFAULT_BATCH_TOKENS, predict_ids  # noqa: E402
 
 LLAMA31_8B = dict(
@@ -155,15 +156,6 @@ def command_line(argv: list[str]) -> str:
     return " ".join(["python bench/eval_throughput.py", *keep])
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of BENCHMARKS.md (or add it); other sections stay."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    body = section.rstrip() + "\n\n"
-    text = pattern.sub(lambda _: body, text) if pattern.search(text) else text.rstrip() + "\n\n" + body
-    path.write_text(text.rstrip() + "\n")
-
-
 def pricer_rows(model, prompts, values, item_counts, budgets, device: str, label: str) -> list[tuple[str, int, float]]:
     rows = []
     for items in item_counts:
@@ -241,7 +233,7 @@ def main() -> None:
     rows += pricer_rows(model, prompts, values, args.items, args.batch_tokens, args.device, "")
     batched = predict_ids(model, prompts[: args.forward_items], values)
     found = [(a, b) for a, b in zip(alone, batched, strict=True) if a > 0]  # elsewhere pricer's fallback answers, not 0
-    write_section(args.markdown, report(args, rows, dtype, found))
+    write_section(args.markdown, SECTION, report(args, rows, dtype, found))
     if args.liger:
         from liger_kernel.transformers import apply_liger_kernel_to_llama
 
@@ -250,7 +242,7 @@ def main() -> None:
         for tokens in args.batch_tokens:
             predict_ids(model, prompts[:256], values, batch_tokens=tokens)  # Triton compiles its kernels here
         rows += pricer_rows(model, prompts, values, args.items, args.batch_tokens, args.device, " + Liger kernels")
-        write_section(args.markdown, report(args, rows, dtype, found))
+        write_section(args.markdown, SECTION, report(args, rows, dtype, found))
     print(report(args, rows, dtype, found), flush=True)
     print(f"wrote {args.markdown}")
 

@@ -17,7 +17,6 @@ It prints the numbers and writes the "## Sweep efficiency" section of BENCHMARKS
 
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 import optuna
+from bench_report import write_section  # bench/bench_report.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 DURATIONS = [6.0, 1.5, 4.5, 1.5, 1.5, 6.0, 3.0, 4.5]  # s per trial, by trial number: unequal on purpose
@@ -155,14 +155,6 @@ def report(idle: dict[str, float], prune: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str, path: Path = REPO / "BENCHMARKS.md") -> None:
-    """Replace this script's own section of BENCHMARKS.md, leaving the others as they are."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Sweep efficiency\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(new)
-
-
 def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,7 +162,7 @@ def main() -> None:
         prune = pruning(Path(tmp))
     text = report(idle, prune)
     print(text)
-    write_section(text)
+    write_section(REPO / "BENCHMARKS.md", "## Sweep efficiency", text)
 
 
 if __name__ == "__main__":

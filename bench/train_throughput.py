@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_report import write_section  # bench/bench_report.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -182,15 +182,6 @@ def command_line(argv: list[str]) -> str:
     return " ".join(["python bench/train_throughput.py", *keep])
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of BENCHMARKS.md (or add it); other sections stay."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    body = section.rstrip() + "\n\n"
-    text = pattern.sub(lambda _: body, text) if pattern.search(text) else text.rstrip() + "\n\n" + body
-    path.write_text(text.rstrip() + "\n")
-
-
 def main(args) -> None:
     device = "cpu" if args.tiny else "cuda"
     start = time.perf_counter()
@@ -215,7 +206,7 @@ def main(args) -> None:
     notes = [line for r in last.values() for line in r.get("notes", [])]
     section = report(args, rows, outcomes, tflops, notes)
     if args.markdown:
-        write_section(args.markdown, section)
+        write_section(args.markdown, SECTION, section)
     print(section, flush=True)
 
 
