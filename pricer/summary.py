@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("pricer")
 
@@ -23,6 +23,8 @@ class SweepSummary(Callback):
         self.rows: list[dict[str, Any]] = []
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if OmegaConf.select(config, "hydra.job.num", default=None) is None:
+            return  # a single run: no sweep to summarise
         failed = job_return.status != JobStatus.COMPLETED
         value = None if failed else job_return.return_value
         self.rows.append(
