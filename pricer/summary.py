@@ -27,12 +27,13 @@ class SweepSummary(Callback):
             return  # a single run: no sweep to summarise
         failed = job_return.status != JobStatus.COMPLETED
         value = None if failed else job_return.return_value
+        status = "COMPLETED" if not failed else "PRUNED" if _pruned(job_return) else "FAILED"
         self.rows.append(
             {
                 "job": config.hydra.job.num,
                 "overrides": " ".join(config.hydra.overrides.task),
                 "objective": float(value) if isinstance(value, (int, float)) else None,
-                "status": "FAILED" if failed else "COMPLETED",
+                "status": status,
             }
         )
 
@@ -47,3 +48,10 @@ class SweepSummary(Callback):
             lines.append(f"{row['job']:>4}  {value:>12}  {row['status']:<9}  {row['overrides']}")
         log.info("sweep summary (%s):\n%s", metric, "\n".join(lines))
         Path(config.hydra.sweep.dir, "summary.yaml").write_text(yaml.safe_dump({"metric": metric, "jobs": rows}))
+
+
+def _pruned(job_return: JobReturn) -> bool:
+    """A pruned trial ends its job with optuna.TrialPruned (Hydra keeps it in `_return_value`)."""
+    from optuna import TrialPruned
+
+    return isinstance(getattr(job_return, "_return_value", None), TrialPruned)
