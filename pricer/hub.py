@@ -50,7 +50,7 @@ datasets: [{json.dumps(dataset)}]
 # {repo_id.split('/')[-1]}
 
 A LoRA adapter for [{base_model}](https://huggingface.co/{base_model}) trained by
-[pricer](https://github.com/) to read a product description and answer its price
+pricer (QLoRA with TRL, composed with Hydra) to read a product description and answer its price
 (`Price is $...`). Run `{run_name}`, dataset `{dataset}`.
 
 ## Metrics

@@ -163,7 +163,7 @@ def fit(run: RunConfig, model, tokenizer, data, run_dir: Path, meta: dict, repor
     from pricer.modeling import build_lora_config
     from pricer.push import CheckpointKeeper
     from pricer.resume import complete_checkpoints, drop_incomplete_checkpoints
-    from pricer.training import build_sft_config, build_trainer, count_parameters
+    from pricer.training import build_sft_config, build_trainer
 
     checkpoints_dir = run_dir / "checkpoints"
     args = build_sft_config(
@@ -194,7 +194,7 @@ def fit(run: RunConfig, model, tokenizer, data, run_dir: Path, meta: dict, repor
             speed.set_batch_size(trainer, speed.pick_batch_size(speed.step_runner(trainer), run.memory_gib))
         if run.compile:
             speed.compile_layers(trainer.model)
-    log_sizes(trainer, args)
+    trainable = log_sizes(trainer, args)
     drop_incomplete_checkpoints(checkpoints_dir)
     last = complete_checkpoints(checkpoints_dir)[-1:] if checkpoints_dir.exists() else []
     if last:
@@ -220,11 +220,12 @@ def fit(run: RunConfig, model, tokenizer, data, run_dir: Path, meta: dict, repor
         "last_logged_loss": losses[-1] if losses else float("nan"),
         "train_steps": result.global_step,
         "train_runtime_s": result.metrics.get("train_runtime", float("nan")),
-        "trainable_params": count_parameters(trainer.model)[0],
+        "trainable_params": trainable,
     }
 
 
-def log_sizes(trainer, args) -> None:
+def log_sizes(trainer, args) -> int:
+    """Log parameter counts and the effective batch; returns the trainable parameter count."""
     from pricer.training import count_parameters
 
     trainable, total = count_parameters(trainer.model)
@@ -235,6 +236,7 @@ def log_sizes(trainer, args) -> None:
         f"{trainable:,}", f"{total:,}", 100 * trainable / total, batch, args.per_device_train_batch_size,
         args.gradient_accumulation_steps, args.world_size, f"{batch * args.max_length:,}",
     )
+    return trainable
 
 
 def write_card_and_push(run: RunConfig, run_dir: Path, meta: dict, config_yaml: str, metrics: dict) -> None:
