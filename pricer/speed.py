@@ -36,6 +36,32 @@ def apply_liger(accelerator: str) -> bool:
     return True
 
 
+def causal_mask_only(model, accelerator: str) -> None:
+    """Train under the causal mask alone: SDPA then runs FlashAttention, with GQA in the kernel.
+
+    TRL's collator pads on the right, so under the causal mask no real token ever sees a
+    pad: the padding mask changes only the pads' own outputs, which carry no loss and no
+    gradient. Dropping it in training (a pre-hook on the decoder) is exact, and lets SDPA
+    skip the 4D mask, the repeat of K/V for GQA, and cuDNN's attention, which on the H200
+    spent ~2 ms of CPU per layer call planning for each new batch shape (profiled at
+    batch 80: the GPU sat idle ~20 % of the step). In eval mode the mask is kept:
+    generation pads on the left.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def drop_padding_mask(module, args, kwargs):
+        if module.training and kwargs.get("attention_mask") is not None:
+            kwargs["attention_mask"] = None
+        return args, kwargs
+
+    base.model.register_forward_pre_hook(drop_padding_mask, with_kwargs=True)
+    if accelerator == "cuda":
+        import torch
+
+        torch.backends.cuda.enable_cudnn_sdp(False)  # flash for causal training, mem-efficient where a mask stays
+    log.info("attention: training batches run under the causal mask alone (right padding), SDPA flash kernel")
+
+
 def compile_layers(model, backend: str = "inductor") -> int:
     """torch.compile each decoder layer of the (PEFT-wrapped) model; returns how many.
 

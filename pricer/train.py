@@ -157,7 +157,7 @@ def load_model(run: RunConfig):
 
 def fit(run: RunConfig, model, tokenizer, data, run_dir: Path, meta: dict, report_to: list[str]) -> dict:
     """Train with TRL (continuing from the last checkpoint if there is one), save the final adapter."""
-    from pricer import trial
+    from pricer import speed, trial
     from pricer.evaluate import evaluate_model, price_eval_callback
     from pricer.interrupt import Interrupted, StopOnSignal
     from pricer.modeling import build_lora_config
@@ -183,13 +183,12 @@ def fit(run: RunConfig, model, tokenizer, data, run_dir: Path, meta: dict, repor
         callbacks=[keeper, stopper, *trial.trial_callbacks(eval_during_training=bool(run.evaluation["eval_steps"]))],
         compute_dtype=run.compute_dtype,
     )
+    speed.causal_mask_only(trainer.model, run.accelerator)
     evaluation = run.evaluation
     if evaluation["eval_steps"]:
         trainer.add_callback(price_eval_callback(trainer, *data["val"], evaluation["eval_steps"],
                                                  evaluation["top_k"], evaluation["batch_tokens"]))
     if run.auto_batch_size or run.compile:
-        from pricer import speed
-
         if run.auto_batch_size:  # before compiling: the probe then measures eager memory, the safe side
             speed.set_batch_size(trainer, speed.pick_batch_size(speed.step_runner(trainer), run.memory_gib))
         if run.compile:

@@ -66,15 +66,18 @@ def loss_and_grads(trainer, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor
 
 
 def test_faster_step_has_trls_loss_and_gradients(tiny_model_dir: Path, tmp_path: Path, sample_texts) -> None:
-    """TRL's defaults (checkpointing on, eager) against pricer's fast step (checkpointing off,
-    compiled layers, Liger where CUDA is) on the same batch: the same loss and LoRA gradients."""
+    """TRL's defaults (checkpointing on, eager, padding mask) against pricer's fast step (checkpointing
+    off, causal mask only, compiled layers, Liger where CUDA is) on the same batch: the same loss and
+    LoRA gradients."""
     plain = tiny_trainer(tiny_model_dir, tmp_path / "plain", sample_texts, gradient_checkpointing=True)
     plain.model.gradient_checkpointing_enable()  # the Trainer does this when train() starts
     speed.apply_liger("cpu")  # a no-op here, by design
     fast = tiny_trainer(tiny_model_dir, tmp_path / "fast", sample_texts, gradient_checkpointing=False)
+    speed.causal_mask_only(fast.model, "cpu")
     assert speed.compile_layers(fast.model, backend="aot_eager") == 4  # inductor's codegen is checked on the GPU
     batch = plain.data_collator([plain.train_dataset[i] for i in range(8)])
     assert batch["labels"].ne(-100).sum() < batch["attention_mask"].sum() / 4, "completion-only: the price tokens"
+    assert not batch["attention_mask"].all(), "rows of several lengths: there is padding for the mask to hide"
 
     plain_loss, plain_grads = loss_and_grads(plain, batch)
     fast_loss, fast_grads = loss_and_grads(fast, batch)
@@ -82,6 +85,22 @@ def test_faster_step_has_trls_loss_and_gradients(tiny_model_dir: Path, tmp_path:
     assert plain_grads.keys() == fast_grads.keys() and any("lora_B" in name for name in plain_grads)
     for name, grad in plain_grads.items():
         torch.testing.assert_close(fast_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_causal_mask_only_keeps_the_mask_outside_training(tiny_model_dir: Path, tmp_path: Path, sample_texts) -> None:
+    """Generation pads on the left, where the padding mask matters: in eval mode it is kept, so a
+    left-padded prompt scores as it does alone; in training the (right-padding) shortcut is on."""
+    trainer = tiny_trainer(tiny_model_dir, tmp_path, sample_texts, gradient_checkpointing=False)
+    speed.causal_mask_only(trainer.model, "cpu")
+    model, ids = trainer.model, torch.tensor([trainer.train_dataset[0]["input_ids"]])
+    padded = torch.cat([torch.full((1, 5), trainer.processing_class.pad_token_id), ids], dim=1)
+    mask = torch.cat([torch.zeros(1, 5, dtype=torch.long), torch.ones_like(ids)], dim=1)
+    with torch.no_grad():
+        model.eval()
+        alone = model(input_ids=ids).logits[0, -1]
+        torch.testing.assert_close(model(input_ids=padded, attention_mask=mask).logits[0, -1], alone, rtol=1e-4, atol=1e-4)
+        model.train()  # LoRA dropout is 0: train mode differs only by the hook
+        assert not torch.allclose(model(input_ids=padded, attention_mask=mask).logits[0, -1], alone, atol=1e-3)
 
 
 def simulated(peak_of: callable, seen: list[int]):
