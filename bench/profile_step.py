@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -82,7 +83,7 @@ def profile(trainer, warmup: int, timed: int, profiled: int, cuda: bool) -> dict
     kernels = [e for e in prof.profiler.kineto_results.events()
                if e.device_type() == torch.autograd.DeviceType.CUDA and not e.is_user_annotation()]
     kernels.sort(key=lambda e: e.start_ns())
-    gaps = sorted(((b.start_ns() - a.end_ns()) / 1e6, a.name()[:60], b.name()[:60]) for a, b in zip(kernels, kernels[1:]))
+    gaps = sorted(((b.start_ns() - a.end_ns()) / 1e6, a.name()[:60], b.name()[:60]) for a, b in pairwise(kernels))
     window_us = (max(e.end_ns() for e in kernels) - min(e.start_ns() for e in kernels)) / 1000 if kernels else 0.0
     by_family: dict[str, float] = {}
     by_kernel: dict[str, list[float]] = {}

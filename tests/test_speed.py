@@ -12,8 +12,8 @@ from pricer.training import build_sft_config, build_trainer
 
 PRESETS = {"a100": [], "t4": ["lora=r8"], "h100": [], "cpu": ["optimizer=adamw_torch"]}
 # Peak GiB ~ fixed + per row x batch, full-length rows, nf4, measured by batch=auto's probe on the H200
-# (BENCHMARKS.md): no checkpointing + Liger in bf16 (h100); checkpointing, no Liger, in fp16 (t4); no
-# checkpointing, no Liger in bf16 (a100: 24.6 GiB reserved at batch 16 in the throughput run).
+# (BENCHMARKS.md): no checkpointing + Liger in bf16 (h100); checkpointing in fp16 (t4, probed without Liger;
+# with it batch 64 peaked 10.5 GiB); no checkpointing, no Liger in bf16 (a100: 24.6 GiB reserved at batch 16).
 MEASURED = {"a100": (6.2, 1.15), "h100": (5.84, 0.784), "t4": (5.40, 0.098)}
 # a100 keeps the notebook's batch 16 (SPEC section 2): it fits, and is fast without checkpointing.
 NOTEBOOK_BATCH = {"a100": 16}
