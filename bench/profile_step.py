@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 from itertools import pairwise
-from pathlib import Path
 
 import torch
 import train_throughput as tt  # bench/train_throughput.py, beside this script
@@ -177,18 +176,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--cap-s", type=float, default=150)
     parser.add_argument("--budget-s", type=float, default=520)
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp")))
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--results", type=Path, help=argparse.SUPPRESS)
+    tt.add_process_arguments(parser)
     return parser.parse_args()
 
 
 if __name__ == "__main__":
-    arguments = parse()
-    if arguments.worker:
-        arguments.results.parent.mkdir(parents=True, exist_ok=True)
-        worker(arguments)
-        sys.stdout.flush()
-        os._exit(0)
-    main(arguments)
+    tt.run_as_parent_or_worker(parse(), main, worker)

@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -478,18 +479,28 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--cap-s", type=float, default=150, help="time cap of one configuration's process")
     parser.add_argument("--budget-s", type=float, default=530, help="the whole run's time; later rows are skipped")
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp")))
     parser.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--results", type=Path, help=argparse.SUPPRESS)
+    add_process_arguments(parser)
     return parser.parse_args()
 
 
-if __name__ == "__main__":
-    arguments = parse()
+def add_process_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where results go, and the hidden arguments a configuration's own process is started with."""
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp")))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--results", type=Path, help=argparse.SUPPRESS)
+
+
+def run_as_parent_or_worker(arguments: argparse.Namespace, parent: Callable, child: Callable) -> None:
+    """The same script is the parent and, with --worker, one configuration's process."""
     if arguments.worker:
-        worker(arguments)
+        arguments.results.parent.mkdir(parents=True, exist_ok=True)
+        child(arguments)
         sys.stdout.flush()
         os._exit(0)  # the row is saved; inductor's compile workers can hold a clean exit for minutes
-    main(arguments)
+    parent(arguments)
+
+
+if __name__ == "__main__":
+    run_as_parent_or_worker(parse(), main, worker)
