@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 HARDWARE_KEYS = ("accelerator", "memory_gib", "compute_dtype", "liger", "compile")
 COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
 OBJECTIVES = ("test/price_error", "test/rmsle", "test/median_error", "test/hit_rate", "train_loss")
+HIGHER_IS_BETTER = ("test/hit_rate",)  # the other objectives are errors and losses
 
 
 NONE = type(None)

@@ -1,8 +1,8 @@
 """A Hydra callback that ends a --multirun with a table of every job's objective.
 
 Hydra's basic sweeper returns the jobs' values but prints nothing; a sweep of 3
-runs should end with the 3 numbers side by side, best first, and a YAML copy in
-the sweep dir.
+runs should end with the 3 numbers side by side, best first (highest first for
+test/hit_rate), and a YAML copy in the sweep dir.
 """
 
 import logging
@@ -14,6 +14,8 @@ import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from pricer.config import HIGHER_IS_BETTER
 
 log = logging.getLogger("pricer")
 
@@ -40,8 +42,9 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.rows:
             return
-        rows = sorted(self.rows, key=lambda r: math.inf if r["objective"] is None else r["objective"])
         metric = config.get("optimized_metric", "objective")
+        sign = -1 if metric in HIGHER_IS_BETTER else 1
+        rows = sorted(self.rows, key=lambda r: math.inf if r["objective"] is None else sign * r["objective"])
         lines = [f"{'job':>4}  {metric:>12}  {'status':<9}  overrides"]
         for row in rows:
             value = "-" if row["objective"] is None else f"{row['objective']:.4f}"

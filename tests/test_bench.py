@@ -1,0 +1,34 @@
+"""The training-throughput benchmark's pipeline on a tiny Llama: the GPU runs are too dear to find its bugs."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_train_throughput_tiny_writes_both_rates_and_keeps_the_loss(tmp_path: Path) -> None:
+    """The recipe and the batch-16 changes, each step timed; every change keeps the fixed batch's loss
+    (fp32 on the CPU, where dropping the padding mask must be exact), and the recipe is its own 1.00x."""
+    markdown = tmp_path / "BENCHMARKS.md"
+    done = subprocess.run(
+        [sys.executable, "bench/train_throughput.py", "--tiny", "--only", "recipe", "b16", "--warmup", "1", "--steps", "2",
+         "--out", str(tmp_path), "--markdown", str(markdown)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "train_throughput.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in rows] == ["recipe"] + ["b16"] * 4  # Liger's row needs CUDA
+    for row in rows:
+        assert len(row["step_s"]) == len(row["step_tokens"]) == 2 and all(s > 0 for s in row["step_s"])
+        assert min(row["step_tokens"]) >= 16 * 120, "batch 16 of 120..182-token items, padding not counted"
+        assert row["median_tokens_per_s"] > 0 and row["tokens_per_s"] > 0
+
+    text = markdown.read_text()
+    recipe_line = next(line for line in text.splitlines() if line.startswith("| course recipe"))
+    assert recipe_line.endswith("| 1.00 | 1.00 |")
+    assert "+ causal mask only" in text
+    losses = re.findall(r" (\d+\.\d{5})[;.]", rows[-1]["notes"][0])
+    assert len(losses) == 4 and len(set(losses)) == 1, rows[-1]["notes"][0]
