@@ -145,6 +145,18 @@ def test_tpe_sweep_runs_four_trials_with_the_logged_params(toy: Path) -> None:
     assert results["best_params"] == s.best_params
 
 
+def test_a_direction_against_the_metric_is_refused_before_any_trial(toy: Path) -> None:
+    """Minimising test/hit_rate would hunt for the worst runs: one line names the fix, nothing runs."""
+    done = sweep(toy, "+optimized_metric=test/hit_rate")
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[0].endswith("the wrong way: add hydra.sweeper.direction=maximize")
+    assert "Traceback" not in done.stderr, "one line, no traceback"
+    assert not runs(toy) and not (toy / "sweep" / "optuna.db").exists()
+    fixed = sweep(toy, "+optimized_metric=test/hit_rate", "hydra.sweeper.direction=maximize", "hydra.sweeper.n_trials=1")
+    assert fixed.returncode == 0, fixed.stderr[-2000:]
+    assert study(toy).direction.name == "MAXIMIZE" and len(runs(toy)) == 1
+
+
 def test_pruned_trials_stop_before_their_last_step(toy: Path) -> None:
     proc = sweep(toy, "steps=6", "hydra/sweeper/sampler=random", "hydra/sweeper/pruner=median",
                  "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.pruner.n_warmup_steps=1")

@@ -20,10 +20,15 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from hydra.errors import CompactHydraException
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import Trial
 
 _PLAIN = re.compile(r"[\w\-./]+")  # strings Hydra reads back unquoted
+
+
+class SweepConfigError(CompactHydraException, ValueError):
+    """A sweep setting that cannot work: Hydra prints the one line, without a traceback."""
 
 
 def parse(overrides: list[str]) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
@@ -50,20 +55,20 @@ def distribution(override: Override) -> BaseDistribution:
         if isinstance(value.start, int) and isinstance(value.end, int):
             return IntDistribution(value.start, value.end, log=log)
         return FloatDistribution(float(value.start), float(value.end), log=log)
-    raise ValueError(f"{override.input_line}: this sweep form has no Optuna distribution")
+    raise SweepConfigError(f"{override.input_line}: this sweep form has no Optuna distribution")
 
 
 def _choices(override: Override) -> list[Any]:
     choices = list(override.sweep_iterator())
     for choice in choices:
         if not isinstance(choice, (str, int, float, bool)):
-            raise ValueError(f"{override.input_line}: choices must be str, int, float or bool, got {choice!r}")
+            raise SweepConfigError(f"{override.input_line}: choices must be str, int, float or bool, got {choice!r}")
     return choices
 
 
 def _range(sweep: RangeSweep, values: list[Any]) -> BaseDistribution:
     if not values:
-        raise ValueError(f"range({sweep.start}, {sweep.stop}, {sweep.step}) is empty")
+        raise SweepConfigError(f"range({sweep.start}, {sweep.stop}, {sweep.step}) is empty")
     step = abs(sweep.step)
     if all(isinstance(v, int) for v in values):
         return IntDistribution(min(values), max(values), step=int(step))
@@ -84,7 +89,7 @@ def _grid_values(name: str, dist: BaseDistribution) -> list[Any]:
     if isinstance(dist, FloatDistribution) and dist.step is not None:
         n = round((dist.high - dist.low) / dist.step) + 1
         return [round(dist.low + i * dist.step, 12) for i in range(n)]
-    raise ValueError(f"{name}: sampler=grid needs discrete values (choice, range or a,b,c), not {dist}")
+    raise SweepConfigError(f"{name}: sampler=grid needs discrete values (choice, range or a,b,c), not {dist}")
 
 
 def suggest(trial: Trial, space: dict[str, BaseDistribution]) -> None:

@@ -56,6 +56,7 @@ class PricerOptunaSweeper(Sweeper):
         from . import _space, _study, _workers
 
         _quiet_optuna()
+        self._check_direction(OmegaConf.select(self.config, "optimized_metric"))
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         space, fixed = _space.parse([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
@@ -78,6 +79,19 @@ class PricerOptunaSweeper(Sweeper):
                                f"{self.max_failure_rate} allows; reasons: `python -m pricer.compare {sweep_dir}`")
         if any(codes):
             raise RuntimeError(f"sweep workers exited with codes {codes}: see their logs above")
+
+    def _check_direction(self, metric: str | None) -> None:
+        """A study that minimises a hit rate would look for the worst runs: refuse it before any trial."""
+        from pricer.config import HIGHER_IS_BETTER, OBJECTIVES
+
+        from . import _space
+
+        if metric not in OBJECTIVES or len(self.directions) != 1:
+            return  # a custom objective or several: the user's own directions
+        wanted = "maximize" if metric in HIGHER_IS_BETTER else "minimize"
+        if self.directions[0] != wanted:
+            raise _space.SweepConfigError(f"hydra.sweeper.direction={self.directions[0]} would optimise "
+                                          f"optimized_metric={metric} the wrong way: add hydra.sweeper.direction={wanted}")
 
     def _study_address(self, sweep_dir: Path, is_worker: bool) -> tuple[str, str]:
         """Storage URL and study name; a worker inherits its parent's (no URL in overrides: passwords)."""
