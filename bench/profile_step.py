@@ -13,11 +13,8 @@ The train_throughput table says how fast; this says why.
 
 import argparse
 import json
-import os
 import re
 import statistics
-import subprocess
-import sys
 import time
 from itertools import pairwise
 
@@ -141,9 +138,7 @@ def summary(row: dict) -> str:
 
 def main(args) -> None:
     start = time.perf_counter()
-    model_dir = tt.weights_folder(args.tiny)
-    if not (model_dir / "config.json").exists():
-        tt.build_weights(tt.TINY if args.tiny else tt.LLAMA31_8B, model_dir, "cpu" if args.tiny else "cuda")
+    model_dir = tt.ensure_weights(args.tiny)
     print(f"weights in {model_dir} after {time.perf_counter() - start:.0f} s", flush=True)
     results = args.out / "profile_step.jsonl"
     results.unlink(missing_ok=True)
@@ -152,16 +147,8 @@ def main(args) -> None:
         if left < 30:
             print(f"== {spec}: skipped, out of time", flush=True)
             continue
-        command = [sys.executable, __file__, "--worker", spec, "--model-dir", str(model_dir), "--results", str(results),
-                   "--warmup", str(args.warmup), "--steps", str(args.steps)] + (["--tiny"] if args.tiny else [])
-        began = time.perf_counter()
-        try:
-            code = subprocess.run(command, timeout=min(args.cap_s, left), env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                  stdout=(args.out / f"profile_{spec.split('|')[0]}.log").open("w"),
-                                  stderr=subprocess.STDOUT).returncode
-            print(f"== {spec}: exit {code} in {time.perf_counter() - began:.0f} s", flush=True)
-        except subprocess.TimeoutExpired:
-            print(f"== {spec}: stopped at its cap after {time.perf_counter() - began:.0f} s", flush=True)
+        tt.run_config(spec, args, model_dir, results, min(args.cap_s, left), script=__file__,
+                      log=args.out / f"profile_{spec.split('|')[0]}.log")
     rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
     for row in rows:
         print(summary(row), flush=True)

@@ -14,6 +14,7 @@ TRL masks the loss to it). Steps are timed between CUDA events (no extra syncs).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -121,12 +122,24 @@ def weights_folder(tiny: bool) -> Path:
     return (shm if roomy and not tiny else Path("/tmp")) / f"pricer-bench-{'tiny' if tiny else 'llama31-8b'}"
 
 
-def run_config(name: str, args, model_dir: Path, results: Path, timeout: float) -> str:
-    command = [sys.executable, __file__, "--worker", name, "--model-dir", str(model_dir), "--results", str(results),
+def ensure_weights(tiny: bool) -> Path:
+    """The run's random weights, built on the first call (~40 s for the 8B shape on the H200)."""
+    model_dir = weights_folder(tiny)
+    if not (model_dir / "config.json").exists():
+        build_weights(TINY if tiny else LLAMA31_8B, model_dir, "cpu" if tiny else "cuda")
+    return model_dir
+
+
+def run_config(name: str, args, model_dir: Path, results: Path, timeout: float, script: str = __file__,
+               log: Path | None = None) -> str:
+    """`script --worker name` in its own process; its output goes to `log` if given, else to ours."""
+    command = [sys.executable, script, "--worker", name, "--model-dir", str(model_dir), "--results", str(results),
                "--warmup", str(args.warmup), "--steps", str(args.steps)] + (["--tiny"] if args.tiny else [])
     started = time.perf_counter()
     try:
-        done = subprocess.run(command, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        with log.open("w") if log else contextlib.nullcontext() as output:
+            done = subprocess.run(command, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                  stdout=output, stderr=subprocess.STDOUT if log else None)
         outcome = "ok" if done.returncode == 0 else f"failed (exit {done.returncode})"
     except subprocess.TimeoutExpired:
         outcome = f"stopped at its {timeout:.0f} s cap"
@@ -141,13 +154,6 @@ def decoder_params(shape: dict) -> int:
     return shape["num_hidden_layers"] * (2 * h * h + 2 * h * kv + 3 * h * shape["intermediate_size"])
 
 
-def median_rate(row: dict) -> float:
-    """Tokens/s of the median step; rows saved before per-step tokens were kept use the mean tokens per step."""
-    if "median_tokens_per_s" in row:
-        return row["median_tokens_per_s"]
-    return row["tokens_per_s"] * sum(row["step_s"]) / len(row["step_s"]) / row["s_per_step"]
-
-
 def table(rows: list[dict], tflops: float, shape: dict) -> list[str]:
     """Two rates: all timed steps (one-off costs such as a recompile count) and the median step (the
     issue's yardstick: steady state). Decoder-matmul MFU, the issue's other yardstick, counts 4 x decoder
@@ -159,12 +165,12 @@ def table(rows: list[dict], tflops: float, shape: dict) -> list[str]:
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         mean_ratio = f"{r['tokens_per_s'] / recipe['tokens_per_s']:.2f}" if recipe else "-"
-        median_ratio = f"{median_rate(r) / median_rate(recipe):.2f}" if recipe else "-"
+        median_ratio = f"{r['median_tokens_per_s'] / recipe['median_tokens_per_s']:.2f}" if recipe else "-"
         lines.append(
             f"| {r['label']} | {r['batch']} | {'on' if r['checkpointing'] else 'off'} | {r['tokens_per_s']:,.0f} | "
-            f"{median_rate(r):,.0f} | {r['s_per_step']:.3f} | {r['peak_alloc_gib']:.1f} | "
+            f"{r['median_tokens_per_s']:,.0f} | {r['s_per_step']:.3f} | {r['peak_alloc_gib']:.1f} | "
             f"{r['peak_reserved_gib']:.1f} | {100 * r['flop_per_s'] / tflops / 1e12:.1f} % | "
-            f"{100 * median_rate(r) * 4 * decoder_params(shape) / tflops / 1e12:.1f} % | {mean_ratio} | {median_ratio} |")
+            f"{100 * r['median_tokens_per_s'] * 4 * decoder_params(shape) / tflops / 1e12:.1f} % | {mean_ratio} | {median_ratio} |")
     return lines
 
 
@@ -202,9 +208,7 @@ def main(args) -> None:
     start = time.perf_counter()
     tflops = matmul_tflops(device)
     print(f"matmul rate: {tflops:,.1f} TFLOP/s", flush=True)
-    model_dir = weights_folder(args.tiny)
-    if not (model_dir / "config.json").exists():
-        build_weights(TINY if args.tiny else LLAMA31_8B, model_dir, device)
+    model_dir = ensure_weights(args.tiny)
     print(f"weights in {model_dir} after {time.perf_counter() - start:.0f} s", flush=True)
     if device == "cuda":
         torch.cuda.empty_cache()
