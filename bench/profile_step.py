@@ -47,6 +47,13 @@ def busy_us(intervals: list[tuple[int, int]]) -> float:
     return total / 1000
 
 
+def host_during(host: list, start: int, stop: int, top: int = 5) -> list[tuple[float, str]]:
+    """What the CPU was inside while the GPU sat idle: the ops and runtime calls most overlapping the gap."""
+    overlaps = [(min(e.end_ns(), stop) - max(e.start_ns(), start), e.name()) for e in host
+                if e.start_ns() < stop and e.end_ns() > start and "ProfilerStep" not in e.name()]
+    return [(ns / 1e6, name[:70]) for ns, name in sorted(overlaps, reverse=True)[:top]]
+
+
 def profile(trainer, warmup: int, timed: int, profiled: int, cuda: bool) -> dict:
     """Train warm-up + timed + profiled steps; the profiler records only the last ones."""
     from torch.profiler import ProfilerActivity
@@ -79,7 +86,10 @@ def profile(trainer, warmup: int, timed: int, profiled: int, cuda: bool) -> dict
     kernels = [e for e in prof.profiler.kineto_results.events()
                if e.device_type() == torch.autograd.DeviceType.CUDA and not e.is_user_annotation()]
     kernels.sort(key=lambda e: e.start_ns())
-    gaps = sorted(((b.start_ns() - a.end_ns()) / 1e6, a.name()[:60], b.name()[:60]) for a, b in pairwise(kernels))
+    intervals = [(a, b, (b.start_ns() - a.end_ns()) / 1e6) for a, b in pairwise(kernels)]
+    host = [e for e in prof.profiler.kineto_results.events() if e.device_type() == torch.autograd.DeviceType.CPU]
+    gaps = [(ms, a.name()[:60], b.name()[:60], host_during(host, a.end_ns(), b.start_ns()))
+            for a, b, ms in sorted(intervals, key=lambda g: -g[2])[:12]]
     window_us = (max(e.end_ns() for e in kernels) - min(e.start_ns() for e in kernels)) / 1000 if kernels else 0.0
     by_family: dict[str, float] = {}
     by_kernel: dict[str, list[float]] = {}
@@ -97,7 +107,7 @@ def profile(trainer, warmup: int, timed: int, profiled: int, cuda: bool) -> dict
         "kernel_ms": sum(e.duration_ns() for e in kernels) / 1e6, "launches": len(kernels), "profiled_steps": profiled,
         "families_ms": {k: v / 1000 for k, v in sorted(by_family.items(), key=lambda kv: -kv[1])},
         "heaviest": [(name[:110], len(us), sum(us) / 1000) for name, us in heaviest],
-        "gaps": gaps[-12:][::-1], "gaps_over_100us_ms": sum(g[0] for g in gaps if g[0] > 0.1),
+        "gaps": gaps, "gaps_over_100us_ms": sum(ms for *_, ms in intervals if ms > 0.1),
         "ops_table": ops.table(sort_by=sort_key, row_limit=40, max_name_column_width=60, max_shapes_column_width=70),
     }
 
@@ -108,7 +118,7 @@ def worker(args) -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     name, batch, overrides, *flags = args.worker.split("|")
     shape = tt.TINY if args.tiny else tt.LLAMA31_8B
-    data = tt.synthetic_items(4096, shape["vocab_size"])
+    data = tt.synthetic_items(tt.DATASET_ITEMS, shape["vocab_size"])
     trainer, own = tt.pricer_trainer(args.model_dir, data, overrides.split(), args, causal="mask" not in flags)
     if "cudnn" in flags:  # cuDNN's attention back on, to compare
         torch.backends.cuda.enable_cudnn_sdp(True)
@@ -132,7 +142,9 @@ def summary(row: dict) -> str:
               for fam, ms in row["families_ms"].items()]
     lines += [f"   {ms / steps:8.1f} ms/step {count // steps:5d}x  {name}" for name, count, ms in row["heaviest"]]
     lines += [f"   idle in gaps over 0.1 ms: {row['gaps_over_100us_ms'] / steps:.0f} ms/step; the longest:"]
-    lines += [f"   {ms:7.2f} ms after {before} / before {after}" for ms, before, after in row["gaps"]]
+    for ms, before, after, *during in row["gaps"]:
+        lines.append(f"   {ms:7.2f} ms after {before} / before {after}")
+        lines += [f"            host in {name} ({overlap:.2f} ms)" for overlap, name in (during[0] if during else [])]
     return "\n".join(lines)
 
 

@@ -47,7 +47,7 @@ SECTION = "## Training throughput"
 CONFIGS = [
     ("recipe", "course recipe: TRL defaults, nf4, batch 16, checkpointing, paged_adamw_32bit", None),
     ("b16", "pricer, nf4, batch 16 (the course's optimisation)", [
-        "hardware=a100", "quant=nf4", "hardware.per_device_train_batch_size=16",
+        "hardware=a100_notebook", "quant=nf4", "hardware.per_device_train_batch_size=16",
         "hardware.gradient_checkpointing=false", "hardware.liger=false", "hardware.compile=false"]),
     ("t4", "pricer hardware=t4 lora=r8 (fp16), nf4", ["hardware=t4", "quant=nf4", "lora=r8"]),
     ("a100", "pricer hardware=a100, nf4", ["hardware=a100", "quant=nf4"]),
@@ -60,14 +60,18 @@ CONFIGS = [
     ("a100-none", "pricer hardware=a100, quant=none (bf16 LoRA)", ["hardware=a100", "quant=none"]),
 ]
 SKIPPED = "hardware=t4 with quant=none is left out: 16 GB of bf16 weights alone overflow a 15 GB T4."
-# batch 16 held fixed, one change at a time on one loaded model:
-# (label, checkpointing, NaN filter, causal mask only, liger, compile)
+REWARM_STEPS = 10  # warm-up of the later batch-16 rows: the model and its shapes are warm by then
+DATASET_ITEMS = 8192  # 102 steps of batch 80 per epoch: no epoch boundary among the timed steps
+# batch 16 held fixed, one change at a time on one loaded model; each row keeps the changes above it
 B16_STEPS = [
-    ("checkpointing on (TRL's default)", True, True, False, False, False),
-    ("checkpointing off", False, True, False, False, False),
-    ("+ no NaN-check sync (logging_nan_inf_filter=false)", False, False, False, False, False),
-    ("+ causal mask only (SDPA flash, no cuDNN planning)", False, False, True, False, False),
-    ("+ Liger RMSNorm/SwiGLU/RoPE, not compiled", False, False, True, True, False),
+    ("checkpointing on (TRL's default)", {"checkpointing": True, "nan_filter": True}),
+    ("checkpointing off", {"checkpointing": False}),
+    ("+ no NaN-check sync (logging_nan_inf_filter=false)", {"nan_filter": False}),
+    ("+ causal mask only (SDPA flash, no cuDNN planning)", {"causal": True}),
+    ("+ one optimizer sync per step (bitsandbytes syncs after every parameter)", {"one_sync": True}),
+    ("+ batches padded to a multiple of 8 (9 shapes, not 63)", {"pad8": True}),
+    ("+ Liger RMSNorm/SwiGLU/RoPE, not compiled", {"liger": True}),
+    ("+ the NaN-check sync back on (TRL's default)", {"nan_filter": True}),
 ]
 
 
@@ -187,7 +191,8 @@ def report(args, rows: list[dict], outcomes: dict[str, str], tflops: float, note
         f"{torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}; measured "
         f"{'bf16' if not args.tiny else 'fp32'} matmul rate {tflops:,.3g} TFLOP/s. Items: {SHORTEST}..{LONGEST} "
         f"tokens, loss on the last {COMPLETION}; LoRA r 32 on q/k/v/o (r 8 for t4), dropout 0.1. Median of "
-        f"{args.steps} steps after {args.warmup} warm-up; tokens/s counts non-padding tokens. MFU counts the model's "
+        f"{args.steps} steps after {args.warmup} warm-up (the later batch-16 rows, on the warm model: "
+        f"{min(args.warmup, REWARM_STEPS)}); tokens/s counts non-padding tokens. MFU counts the model's "
         "matmuls (decoder linears forward + input gradient, LoRA forward + both gradients, attention, the LM head at "
         f"completion positions); decoder-matmul MFU counts 4 x {decoder_params(shape):.3g} FLOP per token. Each "
         "configuration ran in its own process; the batch-16 rows change one thing at a time on one loaded model; "
@@ -267,16 +272,35 @@ class StepClock:
         return [b - a for a, b in zip(self.marks[:-1], self.marks[1:], strict=True)]
 
 
-def counting(collate, log: list):
-    """Wrap the collator to note each batch's real tokens on the CPU, before it reaches the GPU."""
+COUNTS = "bench_counts"  # a batch key the collator adds and the counting hook takes out before the model
+
+
+def counting(collate):
+    """Wrap the collator to note each batch's real tokens on the CPU, before it reaches the GPU.
+
+    The counts ride in the batch as plain ints (accelerate moves only tensors), so they
+    come back from dataloader worker processes too."""
 
     def collate_and_count(examples):
         batch = collate(examples)
         lengths = batch["attention_mask"].sum(1)
-        log.append((int(lengths.sum()), int((lengths**2).sum()), int((batch["labels"] != -100).sum()), len(examples)))
+        batch[COUNTS] = (int(lengths.sum()), int((lengths**2).sum()), int((batch["labels"] != -100).sum()), len(examples))
         return batch
 
     return collate_and_count
+
+
+def take_counts(trainer, log: list) -> Callable[[], None]:
+    """Take each batch's counts out as the Trainer fetches it; returns the undo."""
+    fetch = trainer.get_batch_samples
+
+    def fetch_and_count(*args, **kwargs):
+        batches, items = fetch(*args, **kwargs)
+        log.extend(batch.pop(COUNTS) for batch in batches)
+        return batches, items
+
+    trainer.get_batch_samples = fetch_and_count
+    return lambda: vars(trainer).pop("get_batch_samples")
 
 
 def model_flop(shape: dict, lora_params: int, tokens: int, squares: int, completion: int) -> float:
@@ -287,24 +311,27 @@ def model_flop(shape: dict, lora_params: int, tokens: int, squares: int, complet
     return linears + 12 * layers * h * squares + 4 * h * shape["vocab_size"] * completion
 
 
-def timed_train(trainer, settings: dict, args, shape: dict) -> dict:
+def timed_train(trainer, settings: dict, args, shape: dict, warmup: int | None = None) -> dict:
     """Train warm-up + timed + 1 steps; the median of the timed ones, with the memory they peaked at."""
+    warmup = args.warmup if warmup is None else warmup
     from pricer.training import count_parameters
 
     cuda = torch.cuda.is_available() and not args.tiny
     clock, counts = StepClock(cuda), []
     trainer.add_callback(clock.callback)
     collate = trainer.data_collator
-    trainer.data_collator = counting(collate, counts)
-    trainer.args.max_steps = args.warmup + args.steps + 1
+    trainer.data_collator = counting(collate)
+    untake = take_counts(trainer, counts)
+    trainer.args.max_steps = warmup + args.steps + 1
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
     trainer.remove_callback(clock.callback)
     trainer.data_collator = collate
-    seconds = clock.seconds()[args.warmup:args.warmup + args.steps]
-    timed = counts[args.warmup:args.warmup + args.steps]
+    untake()
+    seconds = clock.seconds()[warmup:warmup + args.steps]
+    timed = counts[warmup:warmup + args.steps]
     tokens, rows = sum(c[0] for c in timed), sum(c[3] for c in timed)
     lora = count_parameters(trainer.model)[0]
     flop = sum(model_flop(shape, lora, c[0], c[1], c[2]) for c in timed)
@@ -387,6 +414,7 @@ def pricer_trainer(model_dir: Path, data, overrides: list[str], args, causal: bo
                                      own["compute_dtype"])
     if causal:
         speed.causal_mask_only(trainer.model, own["accelerator"])
+        speed.one_sync_per_optimizer_step()
     if own.get("compile"):
         speed.compile_layers(trainer.model)
     return trainer, own
@@ -405,44 +433,46 @@ def auto_batch(trainer, own: dict, label: str) -> str:
 def batch16_steps(trainer, label: str, args, shape: dict, save) -> None:
     """One change at a time on one loaded model (Liger here patches the built model in place).
 
+    The first row warms up for --warmup steps; the later ones find the batch shapes' kernels
+    loaded and warm up for at most REWARM_STEPS.
+
     Before each is timed, one fixed batch's loss (same seed, so the same LoRA dropout masks)
     checks that the change keeps TRL's loss."""
     from pricer import speed
 
-    fixed = trainer.data_collator([trainer.train_dataset[i] for i in range(16)])
+    fixed = [trainer.train_dataset[i] for i in range(16)]
     lora = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
-    compiled, causal, losses = False, False, []
-    for step, checkpointing, nan_filter, causal_only, liger, compile_ in B16_STEPS:
-        if causal_only and not causal:  # a hook: once on, it stays on for the later rows
-            speed.causal_mask_only(trainer.model, "cpu" if args.tiny else "cuda")
-            causal = True
-        if liger and args.tiny:
+    settings, losses = {"causal": False, "one_sync": False, "pad8": False, "liger": False}, []
+    for step, change in B16_STEPS:
+        if change.get("liger") and args.tiny:
             continue  # Liger's Triton kernels need CUDA
-        trainer.args.gradient_checkpointing, trainer.args.logging_nan_inf_filter = checkpointing, nan_filter
-        if checkpointing:
-            trainer.model.enable_input_require_grads()  # as SFTTrainer does when built with checkpointing
-        else:
-            trainer.model.gradient_checkpointing_disable()
-        if liger:
+        settings |= change
+        if change.get("causal"):  # hooks and patches: once on, they stay on for the later rows
+            speed.causal_mask_only(trainer.model, "cpu" if args.tiny else "cuda")
+        if change.get("one_sync"):
+            speed.one_sync_per_optimizer_step()
+        if change.get("liger"):
             from liger_kernel.transformers import apply_liger_kernel_to_llama
 
             apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
                                         fused_linear_cross_entropy=False, model=trainer.model.get_base_model())
-        if compile_ != compiled:
-            for layer in trainer.model.get_base_model().model.layers:
-                layer._compiled_call_impl = None  # back to eager; compile_layers sets it again
-            if compile_:
-                speed.compile_layers(trainer.model)
-            compiled = compile_
+        trainer.args.gradient_checkpointing = settings["checkpointing"]
+        trainer.args.logging_nan_inf_filter = settings["nan_filter"]
+        trainer.data_collator.pad_to_multiple_of = 8 if settings["pad8"] else None
+        if settings["checkpointing"]:
+            trainer.model.enable_input_require_grads()  # as SFTTrainer does when built with checkpointing
+        else:
+            trainer.model.gradient_checkpointing_disable()
         with torch.no_grad():  # the weights every check starts from, whatever the timed steps did
             for name, p in trainer.model.named_parameters():
                 if name in lora:
                     p.copy_(lora[name])
         torch.manual_seed(0)
-        losses.append(f"{step} {float(speed.training_step(trainer, dict(fixed))):.5f}")
+        losses.append(f"{step} {float(speed.training_step(trainer, trainer.data_collator(fixed))):.5f}")
         trainer.model.zero_grad(set_to_none=True)
         note = f"Loss of one fixed batch of 16 (same dropout masks) after each batch-16 change: {'; '.join(losses)}."
-        save(timed_train(trainer, {"label": f"{label}: {step}", "notes": [note]}, args, shape))
+        warmup = args.warmup if len(losses) == 1 else min(args.warmup, REWARM_STEPS)
+        save(timed_train(trainer, {"label": f"{label}: {step}", "notes": [note]}, args, shape, warmup))
 
 
 def worker(args) -> None:
@@ -451,7 +481,7 @@ def worker(args) -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # pricer.speed's arithmetic
     shape = TINY if args.tiny else LLAMA31_8B
     name, label, overrides = next(c for c in CONFIGS if c[0] == args.worker)
-    data = synthetic_items(4096, shape["vocab_size"])
+    data = synthetic_items(DATASET_ITEMS, shape["vocab_size"])
 
     def save(row: dict) -> None:
         with args.results.open("a") as f:

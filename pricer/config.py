@@ -38,6 +38,7 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "hardware": {
         "accelerator": (str,), "memory_gib": (int, float), "compute_dtype": (str,), "bf16": (bool,), "fp16": (bool,),
         "per_device_train_batch_size": (int, str), "gradient_checkpointing": (bool,), "liger": (bool,), "compile": (bool,),
+        "dataloader_num_workers": (int,),
     },
 }
 LIBRARY_GROUPS = ("lora", "quant", "optimizer", "scheduler", "training")

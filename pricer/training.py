@@ -7,9 +7,12 @@ def build_sft_config(sft: dict[str, Any], output_dir: str, run_name: str, report
     """`sft` holds SFTConfig's own field names, straight from the YAML groups.
 
     Hub pushes and checkpoint rotation are pricer's (pricer.push), not the Trainer's: the
-    Trainer would delete a checkpoint whose upload failed.
+    Trainer would delete a checkpoint whose upload failed. On a GPU each batch goes to the
+    device from pinned memory without blocking the host, which then queues the forward.
     """
     from trl import SFTConfig
+
+    copies = {} if use_cpu or "accelerator_config" in sft else {"accelerator_config": {"non_blocking": True}}
 
     return SFTConfig(
         **{key: value for key, value in sft.items() if key != "save_total_limit"},
@@ -21,6 +24,7 @@ def build_sft_config(sft: dict[str, Any], output_dir: str, run_name: str, report
         completion_only_loss=True,  # loss on the price only, as the notebook's collator did
         push_to_hub=False,
         save_total_limit=None,
+        **copies,
     )
 
 

@@ -11,7 +11,7 @@ from pricer.data import DataError, load_splits
 
 DEMO = ["experiment=demo"]
 BAD_CONFIGS = [
-    ([], "hardware=a100 needs a CUDA GPU"),  # the notebook's default on a machine without one
+    ([], "hardware=a100_notebook needs a CUDA GPU"),  # the notebook's default on a machine without one
     (["hardware=h100"], "hardware=h100 needs a CUDA GPU"),
     (["hardware=t4", "hardware.bf16=true", "hardware.fp16=false"], "hardware=t4 has no bf16"),
     (["hardware=t4", "hardware.compute_dtype=bfloat16"], "hardware=t4 has no bf16"),

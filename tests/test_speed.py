@@ -10,13 +10,15 @@ from conftest import compose_train
 from pricer import modeling, speed
 from pricer.training import build_sft_config, build_trainer
 
-PRESETS = {"a100": [], "t4": ["lora=r8"], "h100": [], "cpu": ["optimizer=adamw_torch"]}
+PRESETS = {"a100": [], "a100_notebook": [], "t4": ["lora=r8"], "h100": [], "cpu": ["optimizer=adamw_torch"]}
 # Peak GiB ~ fixed + per row x batch, full-length rows, nf4, measured by batch=auto's probe on the H200
-# (BENCHMARKS.md): no checkpointing + Liger in bf16 (h100); checkpointing in fp16 (t4, probed without Liger;
-# with it batch 64 peaked 10.5 GiB); no checkpointing, no Liger in bf16 (a100: 24.6 GiB reserved at batch 16).
-MEASURED = {"a100": (6.2, 1.15), "h100": (5.84, 0.784), "t4": (5.40, 0.098)}
-# a100 keeps the notebook's batch 16 (SPEC section 2): it fits, and is fast without checkpointing.
-NOTEBOOK_BATCH = {"a100": 16}
+# (BENCHMARKS.md): no checkpointing + Liger in bf16 (h100, a100); checkpointing in fp16 (t4, probed without
+# Liger; with it batch 64 peaked 10.5 GiB); no checkpointing, no Liger in bf16 (a100_notebook: 24.6 GiB
+# reserved at batch 16).
+LIGER_BF16 = (5.84, 0.784)
+MEASURED = {"a100": LIGER_BF16, "a100_notebook": (6.2, 1.15), "h100": LIGER_BF16, "t4": (5.40, 0.098)}
+# a100_notebook, the default, keeps the notebook's batch 16 (SPEC section 2); hardware=a100 fills the card.
+NOTEBOOK_BATCH = {"a100_notebook": 16}
 NF4_CPU = dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                bnb_4bit_compute_dtype="float32")
 LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
@@ -67,8 +69,8 @@ def loss_and_grads(trainer, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor
 
 def test_faster_step_has_trls_loss_and_gradients(tiny_model_dir: Path, tmp_path: Path, sample_texts) -> None:
     """TRL's defaults (checkpointing on, eager, padding mask) against pricer's fast step (checkpointing
-    off, causal mask only, compiled layers, Liger where CUDA is) on the same batch: the same loss and
-    LoRA gradients."""
+    off, causal mask only, compiled layers, Liger where CUDA is, rows padded to a multiple of 8) on the
+    same rows: the same loss and LoRA gradients."""
     plain = tiny_trainer(tiny_model_dir, tmp_path / "plain", sample_texts, gradient_checkpointing=True)
     plain.model.gradient_checkpointing_enable()  # the Trainer does this when train() starts
     speed.apply_liger("cpu")  # a no-op here, by design
@@ -79,8 +81,12 @@ def test_faster_step_has_trls_loss_and_gradients(tiny_model_dir: Path, tmp_path:
     assert batch["labels"].ne(-100).sum() < batch["attention_mask"].sum() / 4, "completion-only: the price tokens"
     assert not batch["attention_mask"].all(), "rows of several lengths: there is padding for the mask to hide"
 
+    fast.data_collator.pad_to_multiple_of = 8  # as conf/train.yaml sets it
+    fast_batch = fast.data_collator([fast.train_dataset[i] for i in range(8)])
+    assert fast_batch["input_ids"].shape[1] % 8 == 0 and fast_batch["input_ids"].shape[1] > batch["input_ids"].shape[1]
+
     plain_loss, plain_grads = loss_and_grads(plain, batch)
-    fast_loss, fast_grads = loss_and_grads(fast, batch)
+    fast_loss, fast_grads = loss_and_grads(fast, fast_batch)
     torch.testing.assert_close(fast_loss, plain_loss, rtol=1e-5, atol=1e-6)
     assert plain_grads.keys() == fast_grads.keys() and any("lora_B" in name for name in plain_grads)
     for name, grad in plain_grads.items():
@@ -142,3 +148,32 @@ def test_auto_batch_treats_out_of_memory_as_over_budget() -> None:
     assert speed.pick_batch_size(lambda batch: None, 100, peak) == 16 and seen == [8, 16, 32, 24]
     with pytest.raises(MemoryError, match="gradient_checkpointing"):
         speed.pick_batch_size(lambda batch: None, 4, simulated(lambda b: 1 + 0.5 * b, []))
+
+
+def test_bitsandbytes_optimizer_steps_the_same_with_one_sync(monkeypatch) -> None:
+    """The per-parameter sync goes, the update stays: bitsandbytes' AdamW on two copies of the same
+    parameters, before and after the patch, lands on the same values (its CPU kernels here)."""
+    import bitsandbytes as bnb
+    from bitsandbytes.optim import optimizer as bnb_optimizer
+
+    monkeypatch.setattr(bnb_optimizer, "sync_gpu", bnb_optimizer.sync_gpu)  # undone after the test
+    monkeypatch.setattr(bnb_optimizer.Optimizer8bit, "step", bnb_optimizer.Optimizer8bit.step)
+    torch.manual_seed(0)
+    start, grads = torch.randn(3, 64, 32), torch.randn(4, 3, 64, 32)
+
+    def run() -> torch.Tensor:
+        params = [torch.nn.Parameter(row.clone()) for row in start]
+        optimizer = bnb.optim.AdamW32bit(params, lr=1e-2, weight_decay=0.001)
+        for step_grads in grads:
+            for param, grad in zip(params, step_grads, strict=True):
+                param.grad = grad.clone()
+            optimizer.step()
+        return torch.stack([param.detach() for param in params])
+
+    before = run()
+    speed.one_sync_per_optimizer_step()
+    assert bnb_optimizer.Optimizer8bit.step.one_sync, "patched"
+    speed.one_sync_per_optimizer_step()  # twice is once
+    after = run()
+    assert not torch.equal(before, start)
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
