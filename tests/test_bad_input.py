@@ -36,6 +36,7 @@ BAD_CONFIGS = [
     ([*DEMO, "hub.hub_strategy=sometimes"], "hub.hub_strategy=sometimes is not one of every_save, end"),
     ([*DEMO, "hub.private=maybe"], "hub.private='maybe' must be bool"),
     ([*DEMO, "hub.push_attempts=two"], "hub.push_attempts='two' must be int"),
+    ([*DEMO, "hardware.dataloader_num_workers=two"], "hardware.dataloader_num_workers='two' must be int"),
     ([*DEMO, "hardware.per_device_train_batch_size=0"], "per_device_train_batch_size=0 must be a positive integer"),
     ([*DEMO, "hardware.compute_dtype=float8"], "hardware.compute_dtype=float8 is not one of"),
     ([*DEMO, "tracking=wandb", "tracking.backend=mlflow"], "tracking.backend=mlflow is not one of wandb, none"),

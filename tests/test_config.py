@@ -58,6 +58,21 @@ def test_t4_preset_is_fp16_without_bf16() -> None:
     assert (lora.r, lora.lora_alpha) == (8, 16)
     assert sft.fp16 and not sft.bf16 and str(bnb.bnb_4bit_compute_dtype) == "torch.float16"
     assert sft.gradient_checkpointing, "a 15 GiB card needs the recompute to fit its batch"
+    assert sft.dataloader_num_workers == 1, "a Colab T4 has 2 CPU cores: one collates, one trains"
+
+
+def test_gpu_runs_load_batches_beside_the_step() -> None:
+    """On a GPU the next batches are collated by workers and copied from pinned memory without blocking
+    the host; batches are padded to a multiple of 8. On the CPU the copy has nowhere to go."""
+    for hardware, workers in (("a100_notebook", 2), ("a100", 2), ("h100", 2)):
+        run, _, _, sft = build_all([f"hardware={hardware}"])
+        assert (sft.dataloader_num_workers, sft.pad_to_multiple_of) == (workers, 8)
+        # as on a GPU (use_cpu=False); bf16 off only because TrainingArguments checks for a GPU that has it
+        on_gpu = build_sft_config(run.sft | {"bf16": False}, output_dir="unused", run_name="r", report_to=[],
+                                  seed=0, use_cpu=False)
+        assert on_gpu.accelerator_config.non_blocking and on_gpu.dataloader_pin_memory
+    run, _, _, sft = build_all(["experiment=demo"])
+    assert sft.dataloader_num_workers == 0 and not sft.accelerator_config.non_blocking
 
 
 def test_cfg_job_prints_config_without_torch() -> None:
