@@ -397,9 +397,10 @@ def composed(overrides: list[str], tiny: bool) -> tuple[dict, dict]:
     return sft | {"save_strategy": "no"}, own | {"lora": plain["lora"], "quant": plain["quant"]}
 
 
-def pricer_trainer(model_dir: Path, data, overrides: list[str], args, causal: bool = True):
-    """pricer's own path: its preset, its model loading, its trainer, its speed-ups
-    (`causal=False` leaves the padding mask in, for the one-change-at-a-time rows)."""
+def pricer_trainer(model_dir: Path, data, overrides: list[str], args, causal: bool = True, one_sync: bool = True):
+    """pricer's own path: its preset, its model loading, its trainer, its speed-ups (`causal=False`
+    leaves the padding mask in and bitsandbytes' syncs on, for the one-change-at-a-time rows;
+    `one_sync=False` leaves only the syncs on)."""
     from pricer import modeling, speed, training
 
     sft, own = composed(overrides, args.tiny)
@@ -414,6 +415,7 @@ def pricer_trainer(model_dir: Path, data, overrides: list[str], args, causal: bo
                                      own["compute_dtype"])
     if causal:
         speed.causal_mask_only(trainer.model, own["accelerator"])
+    if causal and one_sync:
         speed.one_sync_per_optimizer_step()
     if own.get("compile"):
         speed.compile_layers(trainer.model)

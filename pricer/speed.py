@@ -4,11 +4,11 @@ TRL's SFTTrainer stays the one trainer: speed comes from what it is given. On an
 H200 (BENCHMARKS.md): checkpointing off (2x at batch 16); the causal mask alone
 instead of the padding mask (SDPA then skips cuDNN attention, which planned for every
 new batch length on the CPU while the GPU waited); one optimizer sync per step instead
-of bitsandbytes' one per parameter (GPU idle at batch 80: 91 -> 25 ms per step);
-batches padded to a multiple of 8 and collated by dataloader workers (conf). Liger's
-fused kernels and compiled layers save activation memory, which presets spend on a
-larger batch (batch=auto measures it). At batch 80 the matmuls run at ~92 % of the
-chip's measured rate and take ~65 % of the step.
+of bitsandbytes' one per parameter (at batch 80 the GPU sat idle 91 ms per step with
+them, 25 ms with an optimizer that has none); batches padded to a multiple of 8 and
+collated by dataloader workers (conf). Liger's fused kernels and compiled layers save
+activation memory, which presets spend on a larger batch (batch=auto measures it). At
+batch 80 the matmuls run at ~92 % of the chip's measured rate and take ~65 % of the step.
 """
 
 import functools
