@@ -119,8 +119,7 @@ def worker(args) -> None:
     name, batch, overrides, *flags = args.worker.split("|")
     shape = tt.TINY if args.tiny else tt.LLAMA31_8B
     data = tt.synthetic_items(tt.DATASET_ITEMS, shape["vocab_size"])
-    trainer, own = tt.pricer_trainer(args.model_dir, data, overrides.split(), args, causal="mask" not in flags,
-                                     one_sync="syncs" not in flags)
+    trainer, own = tt.pricer_trainer(args.model_dir, data, overrides.split(), args, causal="mask" not in flags)
     if "cudnn" in flags:  # cuDNN's attention back on, to compare
         torch.backends.cuda.enable_cudnn_sdp(True)
     from pricer import speed
@@ -170,8 +169,7 @@ def main(args) -> None:
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", action="append", default=[],
-                        help='"name|batch|override override ...[|mask][|cudnn][|syncs]": mask keeps the padding mask, '
-                             "cudnn its SDPA, syncs bitsandbytes' per-parameter optimizer syncs")
+                        help='"name|batch|override override ...[|mask][|cudnn]": mask keeps the padding mask, cudnn its SDPA')
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4)

@@ -68,7 +68,6 @@ B16_STEPS = [
     ("checkpointing off", {"checkpointing": False}),
     ("+ no NaN-check sync (logging_nan_inf_filter=false)", {"nan_filter": False}),
     ("+ causal mask only (SDPA flash, no cuDNN planning)", {"causal": True}),
-    ("+ one optimizer sync per step (bitsandbytes syncs after every parameter)", {"one_sync": True}),
     ("+ batches padded to a multiple of 8 (9 shapes, not 63)", {"pad8": True}),
     ("+ Liger RMSNorm/SwiGLU/RoPE, not compiled", {"liger": True}),
     ("+ the NaN-check sync back on (TRL's default)", {"nan_filter": True}),
@@ -397,10 +396,9 @@ def composed(overrides: list[str], tiny: bool) -> tuple[dict, dict]:
     return sft | {"save_strategy": "no"}, own | {"lora": plain["lora"], "quant": plain["quant"]}
 
 
-def pricer_trainer(model_dir: Path, data, overrides: list[str], args, causal: bool = True, one_sync: bool = True):
-    """pricer's own path: its preset, its model loading, its trainer, its speed-ups (`causal=False`
-    leaves the padding mask in and bitsandbytes' syncs on, for the one-change-at-a-time rows;
-    `one_sync=False` leaves only the syncs on)."""
+def pricer_trainer(model_dir: Path, data, overrides: list[str], args, causal: bool = True):
+    """pricer's own path: its preset, its model loading, its trainer, its speed-ups
+    (`causal=False` leaves the padding mask in, for the one-change-at-a-time rows)."""
     from pricer import modeling, speed, training
 
     sft, own = composed(overrides, args.tiny)
@@ -415,8 +413,6 @@ def pricer_trainer(model_dir: Path, data, overrides: list[str], args, causal: bo
                                      own["compute_dtype"])
     if causal:
         speed.causal_mask_only(trainer.model, own["accelerator"])
-    if causal and one_sync:
-        speed.one_sync_per_optimizer_step()
     if own.get("compile"):
         speed.compile_layers(trainer.model)
     return trainer, own
@@ -444,15 +440,13 @@ def batch16_steps(trainer, label: str, args, shape: dict, save) -> None:
 
     fixed = [trainer.train_dataset[i] for i in range(16)]
     lora = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
-    settings, losses = {"causal": False, "one_sync": False, "pad8": False, "liger": False}, []
+    settings, losses = {"causal": False, "pad8": False, "liger": False}, []
     for step, change in B16_STEPS:
         if change.get("liger") and args.tiny:
             continue  # Liger's Triton kernels need CUDA
         settings |= change
         if change.get("causal"):  # hooks and patches: once on, they stay on for the later rows
             speed.causal_mask_only(trainer.model, "cpu" if args.tiny else "cuda")
-        if change.get("one_sync"):
-            speed.one_sync_per_optimizer_step()
         if change.get("liger"):
             from liger_kernel.transformers import apply_liger_kernel_to_llama
 

@@ -3,15 +3,14 @@
 TRL's SFTTrainer stays the one trainer: speed comes from what it is given. On an
 H200 (BENCHMARKS.md): checkpointing off (2x at batch 16); the causal mask alone
 instead of the padding mask (SDPA then skips cuDNN attention, which planned for every
-new batch length on the CPU while the GPU waited); one optimizer sync per step instead
-of bitsandbytes' one per parameter (at batch 80 the GPU sat idle 91 ms per step with
-them, 25 ms with an optimizer that has none); batches padded to a multiple of 8 and
-collated by dataloader workers (conf). Liger's fused kernels and compiled layers save
-activation memory, which presets spend on a larger batch (batch=auto measures it). At
-batch 80 the matmuls run at ~92 % of the chip's measured rate and take ~65 % of the step.
+new batch length on the CPU while the GPU waited); batches padded to a multiple of 8
+and collated by dataloader workers (conf). Liger's fused kernels and compiled layers
+save activation memory, which presets spend on a larger batch (batch=auto measures
+it). At batch 80 the matmuls run at ~92 % of the chip's measured rate and take ~65 %
+of the step; the notebook's paged_adamw_32bit costs ~30 ms of host time per step
+(a Python loop over 256 parameters), which optimizer=adamw_torch_fused saves.
 """
 
-import functools
 import logging
 import math
 from collections.abc import Callable
@@ -64,43 +63,6 @@ def causal_mask_only(model, accelerator: str) -> None:
 
         torch.backends.cuda.enable_cudnn_sdp(False)  # flash for causal training, mem-efficient where a mask stays
     log.info("attention: training batches run under the causal mask alone (right padding), SDPA flash kernel")
-
-
-def one_sync_per_optimizer_step() -> None:
-    """Let bitsandbytes' optimizers (the notebook's paged_adamw_32bit) update without a host stall per parameter.
-
-    bitsandbytes 0.50 calls torch.cuda.synchronize() after each parameter's update: 256
-    stalls per step for LoRA r 32 on q/k/v/o. On the H200 at batch 80 the GPU then sat
-    idle ~90 ms of each step, against ~25 ms with a fused AdamW. Its update kernels and
-    paged-state prefetches all go to CUDA's legacy default stream, which is the stream
-    PyTorch trains on, so the stream already orders them; the syncs are kept where that
-    does not hold (another stream is current), and once after each step of a paged
-    optimizer, so the step boundary keeps bitsandbytes' guarantee for paged state. The
-    arithmetic is untouched: same kernels, same order.
-    """
-    import torch
-    from bitsandbytes.optim import optimizer as bnb_optimizer
-
-    if getattr(bnb_optimizer.Optimizer8bit.step, "one_sync", False):
-        return
-    per_parameter_sync, step = bnb_optimizer.sync_gpu, bnb_optimizer.Optimizer8bit.step
-
-    def sync_off_the_default_stream(tensor) -> None:
-        if tensor.device.type != "cuda" or torch.cuda.current_stream(tensor.device) != torch.cuda.default_stream(tensor.device):
-            per_parameter_sync(tensor)
-
-    @functools.wraps(step)
-    def step_then_sync(self, closure=None):
-        loss = step(self, closure)
-        params = [p for group in self.param_groups for p in group["params"]]
-        if self.is_paged and params:
-            per_parameter_sync(params[-1])
-        return loss
-
-    step_then_sync.one_sync = True
-    bnb_optimizer.sync_gpu = sync_off_the_default_stream
-    bnb_optimizer.Optimizer8bit.step = step_then_sync
-    log.info("optimizer: bitsandbytes updates every parameter without a host sync; one sync per step when paged")
 
 
 def compile_layers(model, backend: str = "inductor") -> int:

@@ -184,7 +184,6 @@ def fit(run: RunConfig, model, tokenizer, data, run_dir: Path, meta: dict, repor
         compute_dtype=run.compute_dtype,
     )
     speed.causal_mask_only(trainer.model, run.accelerator)
-    speed.one_sync_per_optimizer_step()
     evaluation = run.evaluation
     if evaluation["eval_steps"]:
         trainer.add_callback(price_eval_callback(trainer, *data["val"], evaluation["eval_steps"],

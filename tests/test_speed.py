@@ -149,31 +149,3 @@ def test_auto_batch_treats_out_of_memory_as_over_budget() -> None:
     with pytest.raises(MemoryError, match="gradient_checkpointing"):
         speed.pick_batch_size(lambda batch: None, 4, simulated(lambda b: 1 + 0.5 * b, []))
 
-
-def test_bitsandbytes_optimizer_steps_the_same_with_one_sync(monkeypatch) -> None:
-    """The per-parameter sync goes, the update stays: bitsandbytes' AdamW on two copies of the same
-    parameters, before and after the patch, lands on the same values (its CPU kernels here)."""
-    import bitsandbytes as bnb
-    from bitsandbytes.optim import optimizer as bnb_optimizer
-
-    monkeypatch.setattr(bnb_optimizer, "sync_gpu", bnb_optimizer.sync_gpu)  # undone after the test
-    monkeypatch.setattr(bnb_optimizer.Optimizer8bit, "step", bnb_optimizer.Optimizer8bit.step)
-    torch.manual_seed(0)
-    start, grads = torch.randn(3, 64, 32), torch.randn(4, 3, 64, 32)
-
-    def run() -> torch.Tensor:
-        params = [torch.nn.Parameter(row.clone()) for row in start]
-        optimizer = bnb.optim.AdamW32bit(params, lr=1e-2, weight_decay=0.001)
-        for step_grads in grads:
-            for param, grad in zip(params, step_grads, strict=True):
-                param.grad = grad.clone()
-            optimizer.step()
-        return torch.stack([param.detach() for param in params])
-
-    before = run()
-    speed.one_sync_per_optimizer_step()
-    assert bnb_optimizer.Optimizer8bit.step.one_sync, "patched"
-    speed.one_sync_per_optimizer_step()  # twice is once
-    after = run()
-    assert not torch.equal(before, start)
-    torch.testing.assert_close(after, before, rtol=0, atol=0)
