@@ -51,7 +51,11 @@ CONFIGS = [
         "hardware.gradient_checkpointing=false", "hardware.liger=false", "hardware.compile=false"]),
     ("t4", "pricer hardware=t4 lora=r8 (fp16), nf4", ["hardware=t4", "quant=nf4", "lora=r8"]),
     ("a100", "pricer hardware=a100, nf4", ["hardware=a100", "quant=nf4"]),
+    ("a100-fused", "pricer hardware=a100, nf4, optimizer=adamw_torch_fused",
+     ["hardware=a100", "quant=nf4", "optimizer=adamw_torch_fused"]),
     ("h100", "pricer hardware=h100, nf4", ["hardware=h100", "quant=nf4"]),
+    ("h100-fused", "pricer hardware=h100, nf4, optimizer=adamw_torch_fused",
+     ["hardware=h100", "quant=nf4", "optimizer=adamw_torch_fused"]),
     ("h100-compile", "pricer hardware=h100, nf4, compile instead of Liger",
      ["hardware=h100", "quant=nf4", "hardware.liger=false", "hardware.compile=true"]),
     ("h100-none", "pricer hardware=h100, quant=none (bf16 LoRA)", ["hardware=h100", "quant=none"]),
@@ -69,6 +73,7 @@ B16_STEPS = [
     ("+ no NaN-check sync (logging_nan_inf_filter=false)", {"nan_filter": False}),
     ("+ causal mask only (SDPA flash, no cuDNN planning)", {"causal": True}),
     ("+ batches padded to a multiple of 8 (9 shapes, not 63)", {"pad8": True}),
+    ("+ fused AdamW (optimizer=adamw_torch_fused: one kernel, not a Python loop over 256 tensors)", {"fused_adamw": True}),
     ("+ Liger RMSNorm/SwiGLU/RoPE, not compiled", {"liger": True}),
     ("+ the NaN-check sync back on (TRL's default)", {"nan_filter": True}),
 ]
@@ -335,7 +340,9 @@ def timed_train(trainer, settings: dict, args, shape: dict, warmup: int | None =
     lora = count_parameters(trainer.model)[0]
     flop = sum(model_flop(shape, lora, c[0], c[1], c[2]) for c in timed)
     gib = 2**30
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # inside accelerate's wrapper
     return settings | {
+        "optimizer": type(optimizer).__name__ + (" (fused)" if optimizer.defaults.get("fused") else ""),
         "batch": trainer.args.per_device_train_batch_size, "checkpointing": trainer.args.gradient_checkpointing,
         "tokens_per_s": tokens / sum(seconds), "samples_per_s": rows / sum(seconds),
         "median_tokens_per_s": statistics.median(c[0] / s for c, s in zip(timed, seconds, strict=True)),
@@ -436,6 +443,8 @@ def batch16_steps(trainer, label: str, args, shape: dict, save) -> None:
 
     Before each is timed, one fixed batch's loss (same seed, so the same LoRA dropout masks)
     checks that the change keeps TRL's loss."""
+    from transformers.training_args import OptimizerNames
+
     from pricer import speed
 
     fixed = [trainer.train_dataset[i] for i in range(16)]
@@ -447,6 +456,8 @@ def batch16_steps(trainer, label: str, args, shape: dict, save) -> None:
         settings |= change
         if change.get("causal"):  # hooks and patches: once on, they stay on for the later rows
             speed.causal_mask_only(trainer.model, "cpu" if args.tiny else "cuda")
+        if change.get("fused_adamw"):  # the Trainer builds the new optimizer when train() next starts
+            trainer.args.optim, trainer.optimizer = OptimizerNames.ADAMW_TORCH_FUSED, None
         if change.get("liger"):
             from liger_kernel.transformers import apply_liger_kernel_to_llama
 

@@ -20,15 +20,16 @@ def test_train_throughput_tiny_writes_both_rates_and_keeps_the_loss(tmp_path: Pa
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     rows = [json.loads(line) for line in (tmp_path / "train_throughput.jsonl").read_text().splitlines()]
-    assert [r["name"] for r in rows] == ["recipe"] + ["b16"] * 6  # Liger's row needs CUDA
+    assert [r["name"] for r in rows] == ["recipe"] + ["b16"] * 7  # Liger's row needs CUDA
     for row in rows:
         assert len(row["step_s"]) == len(row["step_tokens"]) == 2 and all(s > 0 for s in row["step_s"])
         assert min(row["step_tokens"]) >= 16 * 120, "batch 16 of 120..182-token items, padding not counted"
         assert row["median_tokens_per_s"] > 0 and row["tokens_per_s"] > 0
 
+    assert [r["optimizer"] for r in rows[:-2]] == ["AdamW"] * 6 and [r["optimizer"] for r in rows[-2:]] == ["AdamW (fused)"] * 2
     text = markdown.read_text()
     recipe_line = next(line for line in text.splitlines() if line.startswith("| course recipe"))
     assert recipe_line.endswith("| 1.00 | 1.00 |")
     assert "+ causal mask only" in text and "+ batches padded to a multiple of 8" in text
     losses = re.findall(r" (\d+\.\d{5})[;.]", rows[-1]["notes"][0])
-    assert len(losses) == 6 and len(set(losses)) == 1, rows[-1]["notes"][0]
+    assert len(losses) == 7 and len(set(losses)) == 1, rows[-1]["notes"][0]
