@@ -317,9 +317,9 @@ def model_flop(shape: dict, lora_params: int, tokens: int, squares: int, complet
 
 def timed_train(trainer, settings: dict, args, shape: dict, warmup: int | None = None) -> dict:
     """Train warm-up + timed + 1 steps; the median of the timed ones, with the memory they peaked at."""
-    warmup = args.warmup if warmup is None else warmup
     from pricer.training import count_parameters
 
+    warmup = args.warmup if warmup is None else warmup
     cuda = torch.cuda.is_available() and not args.tiny
     clock, counts = StepClock(cuda), []
     trainer.add_callback(clock.callback)

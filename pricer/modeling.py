@@ -22,6 +22,15 @@ def build_lora_config(lora: dict[str, Any]):
     return LoraConfig(**lora)
 
 
+def unwrap_peft(model):
+    """The transformers model inside a peft wrapper, or the model itself.
+
+    peft injects its LoRA layers into the base model's own modules, so hooks, compiled
+    layers and direct calls on the unwrapped model keep the adapter active.
+    """
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def ensure_tiny_model(path: str) -> None:
     """model=tiny: build the random-init model from the bundled sample texts on first use."""
     from pricer.tiny import build_tiny_model

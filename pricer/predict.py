@@ -20,6 +20,8 @@ import re
 
 import torch
 
+from pricer.modeling import unwrap_peft
+
 DEFAULT_TOP_K = 3  # the course's top_K
 DEFAULT_BATCH_TOKENS = 32_768  # ~200 prompts, est. ~4 GB of activations on 8B; +11 % items/s over 8k (BENCHMARKS.md)
 GENERATE_TOKENS = 4  # "123.45" is "123", ".", "45": the first token already holds the dollars
@@ -96,8 +98,7 @@ def _decoder_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
     peft injects LoRA layers (and `modules_to_save` copies of lm_head) into the
     base model's own modules, so calling them directly keeps the adapter active.
     """
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
+    model = unwrap_peft(model)
     return model.base_model, model.get_output_embeddings()
 
 

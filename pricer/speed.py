@@ -15,6 +15,8 @@ import logging
 import math
 from collections.abc import Callable
 
+from pricer.modeling import unwrap_peft
+
 log = logging.getLogger("pricer")
 GIB = 2**30
 
@@ -50,7 +52,7 @@ def causal_mask_only(model, accelerator: str) -> None:
     batch 80: the GPU sat idle ~20 % of the step). In eval mode the mask is kept:
     generation pads on the left.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
 
     def drop_padding_mask(module, args, kwargs):
         if module.training and kwargs.get("attention_mask") is not None:
@@ -75,7 +77,7 @@ def compile_layers(model, backend: str = "inductor") -> int:
     first step compiles for over a minute. Call it after the trainer is built, so the
     LoRA layers are in the graph.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     layers = base.model.layers
     for layer in layers:
         layer.compile(backend=backend, dynamic=True)
