@@ -109,6 +109,7 @@ def profile(trainer, warmup: int, timed: int, profiled: int, cuda: bool) -> dict
         "heaviest": [(name[:110], len(us), sum(us) / 1000) for name, us in heaviest],
         "gaps": gaps, "gaps_over_100us_ms": sum(ms for *_, ms in intervals if ms > 0.1),
         "ops_table": ops.table(sort_by=sort_key, row_limit=40, max_name_column_width=60, max_shapes_column_width=70),
+        "host_table": prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60),
     }
 
 
@@ -129,7 +130,7 @@ def worker(args) -> None:
     result = profile(trainer, args.warmup, args.steps, 2, cuda)
     with args.results.open("a") as f:
         f.write(json.dumps({"name": name, "batch": int(batch), "overrides": overrides, **result}) + "\n")
-    print(result["ops_table"], flush=True)
+    print(result["ops_table"], result["host_table"], sep="\n", flush=True)
 
 
 def summary(row: dict) -> str:

@@ -72,10 +72,12 @@ def compile_layers(model, backend: str = "inductor") -> int:
 
     Layers rather than the whole model: the 32 layers share one graph (weights are
     graph inputs), and the mask building and TRL's fused LM head stay eager.
-    `dynamic=True` because every batch has its own length. On the H200 at batch 16
-    (nf4, no checkpointing) it made the step 1.08x faster and 4 GiB smaller, but the
-    first step compiles for over a minute. Call it after the trainer is built, so the
-    LoRA layers are in the graph.
+    `dynamic=True` because every batch has its own length. At batch 16 (nf4, fused
+    AdamW) the step is host-bound, and compiled layers instead of Liger made it 1.40x
+    faster on the H200 (0.201 vs 0.282 s, BENCHMARKS.md run 8); the first step compiles
+    for over a minute. Call it after the trainer is built, so the LoRA layers are in the
+    graph. (Tried and dropped: skipping dynamo's module guards, 0.222 s; CUDA graphs of
+    the layers, mode="reduce-overhead", crashed with bitsandbytes inside.)
     """
     base = unwrap_peft(model)
     layers = base.model.layers
