@@ -75,6 +75,19 @@ def test_gpu_runs_load_batches_beside_the_step() -> None:
     assert sft.dataloader_num_workers == 0 and not sft.accelerator_config.non_blocking
 
 
+def test_card_filling_presets_take_the_fused_adamw_and_the_command_line_wins() -> None:
+    """hardware=a100/h100/t4 swap bitsandbytes' paged AdamW for torch's fused one (same step: test_speed);
+    the default run keeps the notebook's, and optimizer=... on the command line beats the preset's choice."""
+    for hardware in ("a100", "h100", "t4"):
+        _, choices = compose_train([f"hardware={hardware}"])
+        assert choices["optimizer"] == "adamw_torch_fused", hardware
+        run, _, _, sft = build_all([f"hardware={hardware}"])
+        assert (sft.optim.value, sft.weight_decay, sft.max_grad_norm, sft.learning_rate) == ("adamw_torch_fused", 0.001, 0.3, 1e-4)
+    for overrides in (["hardware=a100", "optimizer=paged_adamw_8bit"], ["optimizer=paged_adamw_8bit", "hardware=h100"]):
+        assert build_all(overrides)[3].optim.value == "paged_adamw_8bit", overrides
+    assert build_all(["hardware=a100_notebook"])[3].optim.value == "paged_adamw_32bit"
+
+
 def test_cfg_job_prints_config_without_torch() -> None:
     """`--cfg job` answers from the YAML alone: no torch import, so it is instant."""
     code = (

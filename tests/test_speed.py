@@ -44,8 +44,9 @@ def test_preset_resolves_to_batch_and_checkpointing(preset: str) -> None:
             assert 0.7 * hw.memory_gib <= peak, f"{peak:.1f} GiB of {hw.memory_gib} leaves the card half empty"
 
 
-def tiny_trainer(model_dir: Path, tmp_path: Path, texts: list[str], gradient_checkpointing: bool):
-    """A tiny nf4 model with LoRA in TRL's SFTTrainer; LoRA dropout off so two builds compute the same."""
+def tiny_trainer(model_dir: Path, tmp_path: Path, texts: list[str], gradient_checkpointing: bool, **changes):
+    """A tiny nf4 model with LoRA in TRL's SFTTrainer; LoRA dropout off so two builds compute the same.
+    `changes` replace SFTConfig fields."""
     from datasets import Dataset
 
     from pricer.data import split_prompt_completion
@@ -53,7 +54,7 @@ def tiny_trainer(model_dir: Path, tmp_path: Path, texts: list[str], gradient_che
     tokenizer = modeling.load_tokenizer(str(model_dir), None, False)
     model = modeling.load_model(str(model_dir), None, False, "sdpa", NF4_CPU, "float32", "cpu", tokenizer.pad_token_id)
     sft = dict(per_device_train_batch_size=8, max_length=182, optim="adamw_torch", learning_rate=1e-4,
-               gradient_checkpointing=gradient_checkpointing, max_steps=1, bf16=False, fp16=False, save_strategy="no")
+               gradient_checkpointing=gradient_checkpointing, max_steps=1, bf16=False, fp16=False, save_strategy="no") | changes
     args = build_sft_config(sft, output_dir=str(tmp_path), run_name="speed", report_to=[], seed=0, use_cpu=True)
     data = Dataset.from_list([split_prompt_completion(text) for text in texts[:64]])
     torch.manual_seed(0)  # the same LoRA init in every build
@@ -91,6 +92,30 @@ def test_faster_step_has_trls_loss_and_gradients(tiny_model_dir: Path, tmp_path:
     assert plain_grads.keys() == fast_grads.keys() and any("lora_B" in name for name in plain_grads)
     for name, grad in plain_grads.items():
         torch.testing.assert_close(fast_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_fused_adamw_takes_the_notebooks_optimisation_step(tiny_model_dir: Path, tmp_path: Path, sample_texts) -> None:
+    """The card-filling presets' optimizer=adamw_torch_fused against the notebook's paged_adamw_32bit, each
+    built by the Trainer from its `optim`: three steps on the same batches move the LoRA weights alike.
+    Paging only moves bitsandbytes' fp32 states (on the CPU it falls back to unpaged). A large learning rate
+    and weight decay make any difference in the update rule show."""
+    moved = {}
+    for optim in ("paged_adamw_32bit", "adamw_torch_fused"):
+        trainer = tiny_trainer(tiny_model_dir, tmp_path / optim, sample_texts, gradient_checkpointing=False,
+                               optim=optim, learning_rate=1e-2, weight_decay=0.1)
+        trainer.create_optimizer()
+        start = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+        for step in range(3):
+            speed.training_step(trainer, trainer.data_collator([trainer.train_dataset[i] for i in range(8 * step, 8 * step + 8)]))
+            trainer.optimizer.step()
+            trainer.optimizer.zero_grad(set_to_none=True)
+        moved[optim] = {name: p.detach() - start[name] for name, p in trainer.model.named_parameters() if name in start}
+        assert type(trainer.optimizer).__module__.split(".")[0] == ("bitsandbytes" if optim.startswith("paged") else "torch")
+    paged, fused = moved["paged_adamw_32bit"], moved["adamw_torch_fused"]
+    assert paged.keys() == fused.keys() and all(d.abs().max() > 1e-3 for d in paged.values()), "every LoRA weight moved"
+    for name, delta in paged.items():
+        # Adam divides by tiny gradients' roots: rounding shows at ~1e-4 of a move (decay alone moves ~1e-5)
+        torch.testing.assert_close(fused[name], delta, rtol=1e-4, atol=3e-6, msg=name)
 
 
 def test_causal_mask_only_keeps_the_mask_outside_training(tiny_model_dir: Path, tmp_path: Path, sample_texts) -> None:
