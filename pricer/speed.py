@@ -9,8 +9,8 @@ save activation memory, which presets spend on a larger batch (batch=auto measur
 it). At batch 16 the step is host-bound (~4,600 kernel launches, the GPU busy ~130 ms
 of each ~210 ms step): there optimizer=adamw_torch_fused, which the card-filling presets
 take, made the step 1.26x faster than the notebook's paged_adamw_32bit (a Python loop
-over 256 LoRA tensors), and compiled layers cut launches and host time. At batch 80 the matmuls run at
-~92 % of the chip's measured rate and take ~65 % of the step.
+over 256 LoRA tensors), and compiled layers cut launches and host time. At batch 80
+the matmuls run at ~92 % of the chip's measured rate and take ~65 % of the step.
 """
 
 import logging

@@ -173,4 +173,3 @@ def test_auto_batch_treats_out_of_memory_as_over_budget() -> None:
     assert speed.pick_batch_size(lambda batch: None, 100, peak) == 16 and seen == [8, 16, 32, 24]
     with pytest.raises(MemoryError, match="gradient_checkpointing"):
         speed.pick_batch_size(lambda batch: None, 4, simulated(lambda b: 1 + 0.5 * b, []))
-
