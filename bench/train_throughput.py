@@ -54,6 +54,8 @@ CONFIGS = [
     ("t4-compile", "pricer hardware=t4 lora=r8 (fp16), nf4, compile instead of Liger",
      ["hardware=t4", "quant=nf4", "lora=r8", "hardware.liger=false", "hardware.compile=true"]),
     ("a100", "pricer hardware=a100, nf4", ["hardware=a100", "quant=nf4"]),
+    ("a100-bnb", "pricer hardware=a100, nf4, bitsandbytes' own 4-bit forward (hardware.lean_4bit=false)",
+     ["hardware=a100", "quant=nf4", "hardware.lean_4bit=false"]),
     ("a100-compile", "pricer hardware=a100, nf4, compile instead of Liger",
      ["hardware=a100", "quant=nf4", "hardware.liger=false", "hardware.compile=true"]),
     ("a100-paged", "pricer hardware=a100, nf4, the notebook's optimizer=paged_adamw_32bit",
@@ -67,6 +69,8 @@ CONFIGS = [
     ("h100-none-compile", "pricer hardware=h100, quant=none (bf16 LoRA), compile instead of Liger",
      ["hardware=h100", "quant=none", "hardware.liger=false", "hardware.compile=true"]),
     ("a100-none", "pricer hardware=a100, quant=none (bf16 LoRA)", ["hardware=a100", "quant=none"]),
+    ("b16-lean-compile", "pricer, nf4, batch 16 (the course's optimisation), fused AdamW, compiled layers, lean 4-bit",
+     ["hardware=a100_notebook", "quant=nf4", "hardware.compile=true", "optimizer=adamw_torch_fused", "hardware.lean_4bit=true"]),
 ]
 SKIPPED = "hardware=t4 with quant=none is left out: 16 GB of bf16 weights alone overflow a 15 GB T4."
 REWARM_STEPS = 10  # warm-up of the later batch-16 rows: the model and its shapes are warm by then
@@ -427,6 +431,10 @@ def pricer_trainer(model_dir: Path, data, overrides: list[str], args, causal: bo
                                      own["compute_dtype"])
     if causal:
         speed.causal_mask_only(trainer.model, own["accelerator"])
+    if own.get("lean_4bit") and own["quant"].get("load_in_4bit"):
+        from pricer.frozen4bit import lean_4bit_linears
+
+        lean_4bit_linears(trainer.model)
     if own.get("compile"):
         speed.compile_layers(trainer.model)
     return trainer, own

@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 # Keys of the `hardware` group that are pricer's own; the rest go to SFTConfig.
-HARDWARE_KEYS = ("accelerator", "memory_gib", "compute_dtype", "liger", "compile")
+HARDWARE_KEYS = ("accelerator", "memory_gib", "compute_dtype", "liger", "compile", "lean_4bit")
 COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
 OBJECTIVES = ("test/price_error", "test/rmsle", "test/median_error", "test/hit_rate", "train_loss")
 HIGHER_IS_BETTER = ("test/hit_rate",)  # the other objectives are errors and losses
@@ -38,7 +38,7 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "hardware": {
         "accelerator": (str,), "memory_gib": (int, float), "compute_dtype": (str,), "bf16": (bool,), "fp16": (bool,),
         "per_device_train_batch_size": (int, str), "gradient_checkpointing": (bool,), "liger": (bool,), "compile": (bool,),
-        "dataloader_num_workers": (int,),
+        "lean_4bit": (bool,), "dataloader_num_workers": (int,),
     },
 }
 LIBRARY_GROUPS = ("lora", "quant", "optimizer", "scheduler", "training")
@@ -72,6 +72,7 @@ class RunConfig:
     memory_gib: float
     liger: bool  # Liger's fused kernels (pricer.speed)
     compile: bool  # torch.compile of the decoder layers
+    lean_4bit: bool  # 4-bit linears as one dequantize and one matmul in training (pricer.frozen4bit)
     auto_batch_size: bool  # measure peak memory and fill memory_gib (pricer.speed.pick_batch_size)
     data: dict[str, Any]
     hub: dict[str, Any]
@@ -252,6 +253,7 @@ def validate(cfg: DictConfig, choices: dict[str, str] | None = None, check_machi
         memory_gib=hw["memory_gib"],
         liger=hw["liger"],
         compile=hw["compile"],
+        lean_4bit=hw["lean_4bit"],
         auto_batch_size=auto_batch_size,
         data=plain["data"],
         hub=plain["hub"],

@@ -184,6 +184,10 @@ def fit(run: RunConfig, model, tokenizer, data, run_dir: Path, meta: dict, repor
         compute_dtype=run.compute_dtype,
     )
     speed.causal_mask_only(trainer.model, run.accelerator)
+    if run.lean_4bit and run.quant.get("load_in_4bit"):  # before batch=auto: the probe counts its fp32 absmax
+        from pricer.frozen4bit import lean_4bit_linears
+
+        lean_4bit_linears(trainer.model)
     evaluation = run.evaluation
     if evaluation["eval_steps"]:
         trainer.add_callback(price_eval_callback(trainer, *data["val"], evaluation["eval_steps"],

@@ -8,6 +8,7 @@ import torch
 from conftest import compose_train
 
 from pricer import modeling, speed
+from pricer.frozen4bit import lean_4bit_linears
 from pricer.training import build_sft_config, build_trainer
 
 PRESETS = {"a100": [], "a100_notebook": [], "t4": ["lora=r8"], "h100": [], "cpu": ["optimizer=adamw_torch"]}
@@ -70,13 +71,14 @@ def loss_and_grads(trainer, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor
 
 def test_faster_step_has_trls_loss_and_gradients(tiny_model_dir: Path, tmp_path: Path, sample_texts) -> None:
     """TRL's defaults (checkpointing on, eager, padding mask) against pricer's fast step (checkpointing
-    off, causal mask only, compiled layers, Liger where CUDA is, rows padded to a multiple of 8) on the
-    same rows: the same loss and LoRA gradients."""
+    off, causal mask only, 4-bit linears in two ops, compiled layers, Liger where CUDA is, rows padded to
+    a multiple of 8) on the same rows: the same loss and LoRA gradients."""
     plain = tiny_trainer(tiny_model_dir, tmp_path / "plain", sample_texts, gradient_checkpointing=True)
     plain.model.gradient_checkpointing_enable()  # the Trainer does this when train() starts
     speed.apply_liger("cpu")  # a no-op here, by design
     fast = tiny_trainer(tiny_model_dir, tmp_path / "fast", sample_texts, gradient_checkpointing=False)
     speed.causal_mask_only(fast.model, "cpu")
+    assert lean_4bit_linears(fast.model) == 4 * 7, "every linear of the 4 decoder layers"
     assert speed.compile_layers(fast.model, backend="aot_eager") == 4  # inductor's codegen is checked on the GPU
     batch = plain.data_collator([plain.train_dataset[i] for i in range(8)])
     assert batch["labels"].ne(-100).sum() < batch["attention_mask"].sum() / 4, "completion-only: the price tokens"

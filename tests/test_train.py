@@ -10,6 +10,7 @@ from conftest import SMOKE, compose_train, run_cli
 from safetensors.torch import load_file
 
 from pricer.config import validate
+from pricer.frozen4bit import lean_forward
 from pricer.train import fit, load_data, load_model
 
 FAKE_WANDB_KEY = "wandbsecret0123456789abcdef0123456789abcd"
@@ -17,8 +18,9 @@ FAKE_WANDB_KEY = "wandbsecret0123456789abcdef0123456789abcd"
 
 @pytest.mark.slow
 def test_qlora_trains_adapter_and_keeps_4bit_base(tmp_path: Path) -> None:
-    """In process: LoRA weights move, the packed 4-bit base weights do not, the loss falls."""
-    cfg, choices = compose_train(SMOKE)
+    """In process: LoRA weights move, the packed 4-bit base weights do not, the loss falls; with
+    hardware.lean_4bit=true, as the GPU presets set it, every 4-bit linear trains through pricer.frozen4bit."""
+    cfg, choices = compose_train([*SMOKE, "hardware.lean_4bit=true"])
     run = validate(cfg, choices)
     tokenizer, model = load_model(run)
     packed = {name: p for name, p in model.named_parameters() if p.dtype == torch.uint8}
@@ -30,6 +32,8 @@ def test_qlora_trains_adapter_and_keeps_4bit_base(tmp_path: Path) -> None:
 
     for name, param in packed.items():
         assert torch.equal(param, before[name]) and not param.requires_grad, name
+    lean = [m for m in model.modules() if hasattr(m, "lean_absmax")]
+    assert len(lean) == len(packed) and all(m.forward.__func__ is lean_forward for m in lean)
     lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
     assert lora_b and all(p.abs().sum() > 0 for p in lora_b), "lora_B starts at zero and must have moved"
     assert metrics["last_logged_loss"] < 0.5 * metrics["first_logged_loss"]

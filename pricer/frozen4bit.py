@@ -1,0 +1,76 @@
+"""Frozen 4-bit linears in two ops each: dequantize, then matmul.
+
+bitsandbytes' Linear4bit computes the same thing in training (above 1,536 rows it
+dequantizes the weight, then calls F.linear), but reaches it through ~290 us of Python
+per call on the H200's host: its custom-op dispatch and, with double quantization, a
+dequantize of the 8-bit absmax and an add before each dequantize of the weight, forward
+and backward. At batch 36 the host spent ~280 ms per step against the GPU's 260 ms
+(BENCHMARKS.md), so the GPU waited on Python. Here the absmax is expanded to fp32 once
+(the values bitsandbytes recomputes on every call: +0.33 GB for Llama 3.1 8B) and each
+call is one dequantize op and one matmul, in the forward and again for the input gradient.
+"""
+
+import logging
+
+import torch
+from bitsandbytes.functional import dequantize_blockwise
+from bitsandbytes.nn import Linear4bit
+
+from pricer.modeling import unwrap_peft
+
+log = logging.getLogger("pricer")
+
+
+def dequantize(packed: torch.Tensor, absmax: torch.Tensor, quant: tuple, dtype: torch.dtype) -> torch.Tensor:
+    blocksize, quant_type, shape = quant
+    return torch.ops.bitsandbytes.dequantize_4bit.default(packed, absmax, blocksize, quant_type, shape, dtype)
+
+
+class Frozen4bitMatmul(torch.autograd.Function):
+    """x @ W.T for a frozen 4-bit W. The dequantized W is never kept: the backward makes it again,
+    as bitsandbytes does, so 4-bit weights cost 4-bit memory between forward and backward."""
+
+    @staticmethod
+    def forward(ctx, x, packed, absmax, quant, bias):
+        ctx.save_for_backward(packed, absmax)
+        ctx.quant = quant
+        return torch.nn.functional.linear(x, dequantize(packed, absmax, quant, x.dtype), bias)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        packed, absmax = ctx.saved_tensors
+        return grad_output @ dequantize(packed, absmax, ctx.quant, grad_output.dtype), None, None, None, None
+
+
+def lean_forward(self: Linear4bit, x: torch.Tensor) -> torch.Tensor:
+    """Linear4bit.forward in training: inputs cast to the compute dtype, outputs back to the input's.
+    In eval mode bitsandbytes' own forward runs: for a few rows (decoding) it has fused kernels."""
+    if not self.training:
+        return Linear4bit.forward(self, x)
+    dtype = x.dtype
+    state = self.weight.quant_state
+    quant = (state.blocksize, state.quant_type, list(state.shape))
+    x = x.to(self.compute_dtype or dtype)
+    bias = None if self.bias is None else self.bias.to(x.dtype)
+    return Frozen4bitMatmul.apply(x, self.weight.view(-1, 1), self.lean_absmax, quant, bias).to(dtype)
+
+
+def lean_4bit_linears(model) -> int:
+    """Give each 4-bit linear of the (PEFT-wrapped) model the two-op forward; returns how many.
+
+    The 4-bit weights and their quant state stay as they are (saving and merging see
+    bitsandbytes' layers); the fp32 absmax is a buffer that is never saved.
+    """
+    count = 0
+    for module in unwrap_peft(model).modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if not isinstance(module, Linear4bit) or state is None or getattr(state, "packing_format_for_cpu", False):
+            continue  # weights bitsandbytes repacked for its CPU kernels keep bitsandbytes' forward
+        if module.bias is not None and module.bias.requires_grad:
+            continue  # a trained bias needs its gradient, which the frozen matmul does not give
+        absmax = dequantize_blockwise(state.absmax, state.state2) + state.offset if state.nested else state.absmax
+        module.register_buffer("lean_absmax", absmax.to(torch.float32), persistent=False)
+        module.forward = lean_forward.__get__(module)
+        count += 1
+    log.info("4-bit linears: %d run as one dequantize and one matmul (absmax expanded to fp32 once)", count)
+    return count

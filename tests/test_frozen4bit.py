@@ -1,0 +1,73 @@
+"""pricer.frozen4bit: bitsandbytes' 4-bit linear in two ops, with bitsandbytes' own results."""
+
+import bitsandbytes as bnb
+import pytest
+import torch
+
+from pricer.frozen4bit import lean_4bit_linears
+
+
+def nf4_linear(nested: bool, dtype: torch.dtype, bias: bool) -> bnb.nn.Linear4bit:
+    """A 4-bit linear as transformers builds one from a BitsAndBytesConfig (quantized on the move to a device)."""
+    torch.manual_seed(0)
+    layer = bnb.nn.Linear4bit(96, 160, bias=bias, compute_dtype=dtype, compress_statistics=nested, quant_type="nf4")
+    layer.weight = bnb.nn.Params4bit(torch.randn(160, 96), requires_grad=False, compress_statistics=nested, quant_type="nf4")
+    if bias:
+        layer.bias = torch.nn.Parameter(torch.randn(160), requires_grad=False)
+    return layer.to("cpu")
+
+
+def output_and_input_grad(layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.detach().requires_grad_()
+    out = layer(x)
+    (out.float() * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+    return out.detach(), x.grad
+
+
+@pytest.mark.parametrize("nested", [True, False], ids=["double-quant", "single-quant"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_lean_linear_computes_what_bitsandbytes_does(nested: bool, dtype: torch.dtype) -> None:
+    """Forward and input gradient bit for bit, with the absmax expanded once instead of per call."""
+    layer = nf4_linear(nested, dtype, bias=nested)
+    assert layer.weight.quant_state.nested is nested
+    x = torch.randn(3, 50, 96, dtype=dtype)
+    want_out, want_grad = output_and_input_grad(layer, x)
+    packed = layer.weight.detach().clone()
+
+    assert lean_4bit_linears(layer) == 1
+    got_out, got_grad = output_and_input_grad(layer, x)
+    assert got_out.dtype == want_out.dtype == dtype and got_grad.dtype == dtype
+    assert torch.equal(got_out, want_out) and torch.equal(got_grad, want_grad)
+    assert torch.equal(layer.weight, packed) and layer.weight.grad is None, "the 4-bit weights stay frozen and packed"
+    assert "lean_absmax" not in layer.state_dict(), "the fp32 absmax is rebuilt, never saved"
+
+
+def test_eval_mode_keeps_bitsandbytes_forward() -> None:
+    """Decoding runs a few rows at a time, where bitsandbytes has fused 4-bit kernels: eval keeps its path."""
+    layer = nf4_linear(True, torch.float32, bias=False)
+    lean_4bit_linears(layer)
+    calls = []
+    original = bnb.matmul_4bit
+    bnb.matmul_4bit = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
+    try:
+        x = torch.randn(2, 96)
+        train_out = layer(x)
+        assert calls == []
+        layer.eval()
+        with torch.no_grad():
+            assert torch.equal(layer(x), train_out.detach())
+        assert calls == [1]
+    finally:
+        bnb.matmul_4bit = original
+
+
+def test_lean_linear_compiles_in_one_graph() -> None:
+    """Dynamo traces the two ops (bitsandbytes registers its ops with fake kernels): no graph break."""
+    layer = nf4_linear(True, torch.float32, bias=False)
+    lean_4bit_linears(layer)
+    x = torch.randn(4, 96)
+    want_out, want_grad = output_and_input_grad(layer, x)
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    got_out, got_grad = output_and_input_grad(compiled, x)
+    torch.testing.assert_close(got_out, want_out, rtol=0, atol=0)
+    torch.testing.assert_close(got_grad, want_grad, rtol=0, atol=0)
