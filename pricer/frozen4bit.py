@@ -21,25 +21,51 @@ from pricer.modeling import unwrap_peft
 log = logging.getLogger("pricer")
 
 
-def dequantize(packed: torch.Tensor, absmax: torch.Tensor, quant: tuple, dtype: torch.dtype) -> torch.Tensor:
-    blocksize, quant_type, shape = quant
+def dequantize(packed: torch.Tensor, absmax: torch.Tensor, blocksize: int, quant_type: str, shape: list[int],
+               dtype: torch.dtype) -> torch.Tensor:
     return torch.ops.bitsandbytes.dequantize_4bit.default(packed, absmax, blocksize, quant_type, shape, dtype)
 
 
-class Frozen4bitMatmul(torch.autograd.Function):
-    """x @ W.T for a frozen 4-bit W. The dequantized W is never kept: the backward makes it again,
-    as bitsandbytes does, so 4-bit weights cost 4-bit memory between forward and backward."""
+# Custom ops rather than an autograd.Function: a compiled graph sees each as one opaque call, so the
+# 16-bit weight never appears in it. With the two dequantizes traced, inductor's partitioner computed
+# the backward's in the forward and kept its output for the backward: +13 GiB for Llama 3.1 8B
+# (BENCHMARKS.md run 10; tests/test_frozen4bit.py).
+@torch.library.custom_op("pricer::frozen_4bit_linear", mutates_args=())
+def frozen_4bit_linear(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, blocksize: int, quant_type: str,
+                       shape: list[int], bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ W.T + bias for a frozen 4-bit W, dequantized into x's dtype and dropped after the matmul."""
+    return torch.nn.functional.linear(x, dequantize(packed, absmax, blocksize, quant_type, shape, x.dtype), bias)
 
-    @staticmethod
-    def forward(ctx, x, packed, absmax, quant, bias):
-        ctx.save_for_backward(packed, absmax)
-        ctx.quant = quant
-        return torch.nn.functional.linear(x, dequantize(packed, absmax, quant, x.dtype), bias)
 
-    @staticmethod
-    def backward(ctx, grad_output):
-        packed, absmax = ctx.saved_tensors
-        return grad_output @ dequantize(packed, absmax, ctx.quant, grad_output.dtype), None, None, None, None
+@torch.library.custom_op("pricer::frozen_4bit_linear_input_grad", mutates_args=())
+def frozen_4bit_linear_input_grad(grad_output: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor,
+                                  blocksize: int, quant_type: str, shape: list[int]) -> torch.Tensor:
+    """grad_output @ W: W is dequantized again, as bitsandbytes does, so it never outlives a call."""
+    return grad_output @ dequantize(packed, absmax, blocksize, quant_type, shape, grad_output.dtype)
+
+
+@frozen_4bit_linear.register_fake
+def _(x, packed, absmax, blocksize, quant_type, shape, bias):
+    return x.new_empty((*x.shape[:-1], shape[0]))
+
+
+@frozen_4bit_linear_input_grad.register_fake
+def _(grad_output, packed, absmax, blocksize, quant_type, shape):
+    return grad_output.new_empty((*grad_output.shape[:-1], shape[1]))
+
+
+def _keep_weights(ctx, inputs, output) -> None:
+    _, packed, absmax, *quant, _ = inputs
+    ctx.save_for_backward(packed, absmax)
+    ctx.quant = quant
+
+
+def _input_grad(ctx, grad_output):
+    packed, absmax = ctx.saved_tensors
+    return frozen_4bit_linear_input_grad(grad_output, packed, absmax, *ctx.quant), None, None, None, None, None, None
+
+
+frozen_4bit_linear.register_autograd(_input_grad, setup_context=_keep_weights)
 
 
 def lean_forward(self: Linear4bit, x: torch.Tensor) -> torch.Tensor:
@@ -49,10 +75,11 @@ def lean_forward(self: Linear4bit, x: torch.Tensor) -> torch.Tensor:
         return Linear4bit.forward(self, x)
     dtype = x.dtype
     state = self.weight.quant_state
-    quant = (state.blocksize, state.quant_type, list(state.shape))
     x = x.to(self.compute_dtype or dtype)
     bias = None if self.bias is None else self.bias.to(x.dtype)
-    return Frozen4bitMatmul.apply(x, self.weight.view(-1, 1), self.lean_absmax, quant, bias).to(dtype)
+    out = frozen_4bit_linear(x, self.weight.view(-1, 1), self.lean_absmax, state.blocksize, state.quant_type,
+                             list(state.shape), bias)
+    return out.to(dtype)
 
 
 def lean_4bit_linears(model) -> int:
