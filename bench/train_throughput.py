@@ -54,8 +54,8 @@ CONFIGS = [
     ("t4-compile", "pricer hardware=t4 lora=r8 (fp16), nf4, compile instead of Liger",
      ["hardware=t4", "quant=nf4", "lora=r8", "hardware.liger=false", "hardware.compile=true"]),
     ("a100", "pricer hardware=a100, nf4", ["hardware=a100", "quant=nf4"]),
-    ("a100-bnb", "pricer hardware=a100, nf4, bitsandbytes' own 4-bit forward (hardware.lean_4bit=false)",
-     ["hardware=a100", "quant=nf4", "hardware.lean_4bit=false"]),
+    ("a100-lean", "pricer hardware=a100, nf4, 4-bit linears as two ops (hardware.lean_4bit=true)",
+     ["hardware=a100", "quant=nf4", "hardware.lean_4bit=true"]),
     ("a100-compile", "pricer hardware=a100, nf4, compile instead of Liger",
      ["hardware=a100", "quant=nf4", "hardware.liger=false", "hardware.compile=true"]),
     ("a100-paged", "pricer hardware=a100, nf4, the notebook's optimizer=paged_adamw_32bit",
@@ -69,7 +69,7 @@ CONFIGS = [
     ("h100-none-compile", "pricer hardware=h100, quant=none (bf16 LoRA), compile instead of Liger",
      ["hardware=h100", "quant=none", "hardware.liger=false", "hardware.compile=true"]),
     ("a100-none", "pricer hardware=a100, quant=none (bf16 LoRA)", ["hardware=a100", "quant=none"]),
-    ("b16-lean-compile", "pricer, nf4, batch 16 (the course's optimisation), fused AdamW, compiled layers, lean 4-bit",
+    ("b16-lean-compile", "pricer, nf4, batch 16 (the course's optimisation), fused AdamW, compiled layers, lean_4bit",
      ["hardware=a100_notebook", "quant=nf4", "hardware.compile=true", "optimizer=adamw_torch_fused", "hardware.lean_4bit=true"]),
 ]
 SKIPPED = "hardware=t4 with quant=none is left out: 16 GB of bf16 weights alone overflow a 15 GB T4."
