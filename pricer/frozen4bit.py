@@ -1,10 +1,10 @@
 """Frozen 4-bit linears in two ops each: dequantize, then matmul (hardware.lean_4bit=true).
 
 bitsandbytes' Linear4bit computes the same in training (above 1,536 rows it dequantizes
-the weight, then calls F.linear), bit for bit, but reaches it through ~290 us of host
-time per call on the H200 (the matmul's launch included) and, with double quantization, two more kernels per call: a
-dequantize of the 8-bit absmax and an add (890 of the 5,117 kernels of a batch-36 step,
-BENCHMARKS.md profile 10). Here the absmax is expanded to fp32 once (+0.4 GiB for Llama
+the weight, then calls F.linear), bit for bit, but through ~290 us of host time per call
+on the H200 (the matmul's launch included) and, with double quantization, two more
+kernels per call: a dequantize of the 8-bit absmax and an add (890 of the 5,117 kernels
+of a batch-36 step, BENCHMARKS.md profile 10). Here the absmax is expanded to fp32 once (+0.4 GiB for Llama
 3.1 8B) and each call is one dequantize and one matmul, forward and backward. Side by
 side under hardware=a100 it measured 1.01x (run 10), within noise, so presets leave it
 off; a host-bound step (batch 16, a slow CPU) is where it could pay, not yet measured.

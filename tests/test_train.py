@@ -19,7 +19,7 @@ FAKE_WANDB_KEY = "wandbsecret0123456789abcdef0123456789abcd"
 @pytest.mark.slow
 def test_qlora_trains_adapter_and_keeps_4bit_base(tmp_path: Path) -> None:
     """In process: LoRA weights move, the packed 4-bit base weights do not, the loss falls; with
-    hardware.lean_4bit=true, as the GPU presets set it, every 4-bit linear trains through pricer.frozen4bit."""
+    hardware.lean_4bit=true (opt in) every 4-bit linear trains through pricer.frozen4bit."""
     cfg, choices = compose_train([*SMOKE, "hardware.lean_4bit=true"])
     run = validate(cfg, choices)
     tokenizer, model = load_model(run)
