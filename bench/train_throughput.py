@@ -535,9 +535,13 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--cap-s", type=float, default=150, help="time cap of one configuration's process")
     parser.add_argument("--budget-s", type=float, default=530, help="the whole run's time; later rows are skipped")
-    parser.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--markdown", type=Path, help="the file whose section the table replaces (default: "
+                        "BENCHMARKS.md; none with --tiny, whose CPU numbers must not replace the GPU's)")
     add_process_arguments(parser)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.markdown is None and not args.tiny:
+        args.markdown = ROOT / "BENCHMARKS.md"
+    return args
 
 
 def add_process_arguments(parser: argparse.ArgumentParser) -> None:
