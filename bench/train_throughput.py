@@ -16,6 +16,7 @@ TRL masks the loss to it). Steps are timed between CUDA events (no extra syncs).
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -74,7 +75,8 @@ CONFIGS = [
 ]
 SKIPPED = "hardware=t4 with quant=none is left out: 16 GB of bf16 weights alone overflow a 15 GB T4."
 REWARM_STEPS = 10  # warm-up of the later batch-16 rows: the model and its shapes are warm by then
-DATASET_ITEMS = 8192  # 102 steps of batch 80 per epoch: no epoch boundary among the timed steps
+DATASET_ITEMS = 8192  # 102 steps of batch 80 per epoch: 50 warm-up + one megabatch (50) + 1 in one epoch
+TINY_ITEMS = 128  # megabatches of 2 batches of 16 (group_by_length keeps 4 of them): the CPU check times few steps
 # batch 16 held fixed, one change at a time on one loaded model; each row keeps the changes above it
 B16_STEPS = [
     ("checkpointing on (TRL's default)", {"checkpointing": True, "nan_filter": True}),
@@ -176,15 +178,17 @@ def table(rows: list[dict], tflops: float, shape: dict) -> list[str]:
     issue's yardstick: steady state). Decoder-matmul MFU, the issue's other yardstick, counts 4 x decoder
     weights FLOP per token (forward + input gradient) at the median step's rate."""
     recipe = next((r for r in rows if r["name"] == "recipe"), None)
-    lines = ["| configuration | optimizer | batch | checkpointing | tokens/s, all steps | tokens/s, median step | "
+    lines = ["| configuration | optimizer | batch | checkpointing | timed steps | tokens/item | tokens/s, all steps | "
+             "tokens/s, median step | "
              "samples/s, median step | s/step (median) | peak alloc GiB | peak reserved GiB | MFU (all steps) | "
              "decoder-matmul MFU (median step) | x recipe, all steps | x recipe, median step |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         mean_ratio = f"{r['tokens_per_s'] / recipe['tokens_per_s']:.2f}" if recipe else "-"
         median_ratio = f"{r['median_tokens_per_s'] / recipe['median_tokens_per_s']:.2f}" if recipe else "-"
         lines.append(
             f"| {r['label']} | {r['optimizer']} | {r['batch']} | {'on' if r['checkpointing'] else 'off'} | "
+            f"{r['timed_steps']} | {r['mean_item_tokens']:.0f} | "
             f"{r['tokens_per_s']:,.0f} | {r['median_tokens_per_s']:,.0f} | {r['median_samples_per_s']:,.1f} | "
             f"{r['s_per_step']:.3f} | {r['peak_alloc_gib']:.1f} | {r['peak_reserved_gib']:.1f} | "
             f"{100 * r['flop_per_s'] / tflops / 1e12:.1f} % | "
@@ -204,8 +208,10 @@ def report(args, rows: list[dict], outcomes: dict[str, str], tflops: float, note
         f"{'Tiny Llama' if args.tiny else 'Llama 3.1 8B architecture'}, random weights; {device}; torch "
         f"{torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}; measured "
         f"{'bf16' if not args.tiny else 'fp32'} matmul rate {tflops:,.3g} TFLOP/s. Items: {SHORTEST}..{LONGEST} "
-        f"tokens, loss on the last {COMPLETION}; LoRA r 32 on q/k/v/o (r 8 for t4), dropout 0.1. Median of "
-        f"{args.steps} steps after {args.warmup} warm-up (the later batch-16 rows, on the warm model: "
+        f"tokens, loss on the last {COMPLETION}; LoRA r 32 on q/k/v/o (r 8 for t4), dropout 0.1. Timed: at "
+        f"least {args.steps} steps, rounded up to whole megabatches of group_by_length's sampler (each sorted "
+        "longest first, so every length rank is timed once and every row sees the same mix of lengths), after "
+        f"{args.warmup} warm-up (the later batch-16 rows, on the warm model: "
         f"{min(args.warmup, REWARM_STEPS)}); tokens/s counts non-padding tokens. MFU counts the model's "
         "matmuls (decoder linears forward + input gradient, LoRA forward + both gradients, attention, the LM head at "
         f"completion positions); decoder-matmul MFU counts 4 x {decoder_params(shape):.3g} FLOP per token. Each "
@@ -325,18 +331,33 @@ def model_flop(shape: dict, lora_params: int, tokens: int, squares: int, complet
     return linears + 12 * layers * h * squares + 4 * h * shape["vocab_size"] * completion
 
 
+def timed_steps(requested: int, trainer) -> int:
+    """The timed steps, rounded up to whole megabatches of group_by_length's sampler.
+
+    The sampler sorts each megabatch (50 batches; fewer when the data holds under 200) longest
+    first, so a shorter window sees one end of the length range: 12 steps timed the recipe on
+    its 170-182-token items and hardware=t4 (batch 64, megabatches of 32) on 125-147 (run 9).
+    Any run of one megabatch's steps takes each length rank once, at every batch size."""
+    if trainer.args.train_sampling_strategy != "group_by_length":
+        return requested
+    batch = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
+    per_megabatch = max(1, min(len(trainer.train_dataset) // (batch * 4), 50))
+    return math.ceil(requested / per_megabatch) * per_megabatch
+
+
 def timed_train(trainer, settings: dict, args, shape: dict, warmup: int | None = None) -> dict:
     """Train warm-up + timed + 1 steps; the median of the timed ones, with the memory they peaked at."""
     from pricer.training import count_parameters
 
     warmup = args.warmup if warmup is None else warmup
+    steps = timed_steps(args.steps, trainer)
     cuda = torch.cuda.is_available() and not args.tiny
     clock, counts = StepClock(cuda), []
     trainer.add_callback(clock.callback)
     collate = trainer.data_collator
     trainer.data_collator = counting(collate)
     untake = take_counts(trainer, counts)
-    trainer.args.max_steps = warmup + args.steps + 1
+    trainer.args.max_steps = warmup + steps + 1
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -344,8 +365,8 @@ def timed_train(trainer, settings: dict, args, shape: dict, warmup: int | None =
     trainer.remove_callback(clock.callback)
     trainer.data_collator = collate
     untake()
-    seconds = clock.seconds()[warmup:warmup + args.steps]
-    timed = counts[warmup:warmup + args.steps]
+    seconds = clock.seconds()[warmup:warmup + steps]
+    timed = counts[warmup:warmup + steps]
     tokens, rows = sum(c[0] for c in timed), sum(c[3] for c in timed)
     lora = count_parameters(trainer.model)[0]
     flop = sum(model_flop(shape, lora, c[0], c[1], c[2]) for c in timed)
@@ -357,6 +378,7 @@ def timed_train(trainer, settings: dict, args, shape: dict, warmup: int | None =
         "tokens_per_s": tokens / sum(seconds), "samples_per_s": rows / sum(seconds),
         "median_tokens_per_s": statistics.median(c[0] / s for c, s in zip(timed, seconds, strict=True)),
         "median_samples_per_s": statistics.median(c[3] / s for c, s in zip(timed, seconds, strict=True)),
+        "timed_steps": steps, "mean_item_tokens": tokens / rows,
         "s_per_step": statistics.median(seconds), "flop_per_s": flop / sum(seconds), "step_s": seconds,
         "step_tokens": [c[0] for c in timed],
         "peak_alloc_gib": torch.cuda.max_memory_allocated() / gib if cuda else 0.0,
@@ -503,7 +525,7 @@ def worker(args) -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # pricer.speed's arithmetic
     shape = TINY if args.tiny else LLAMA31_8B
     name, label, overrides = next(c for c in CONFIGS if c[0] == args.worker)
-    data = synthetic_items(DATASET_ITEMS, shape["vocab_size"])
+    data = synthetic_items(TINY_ITEMS if args.tiny else DATASET_ITEMS, shape["vocab_size"])
 
     def save(row: dict) -> None:
         with args.results.open("a") as f:

@@ -14,7 +14,7 @@ def test_train_throughput_tiny_writes_both_rates_and_keeps_the_loss(tmp_path: Pa
     (fp32 on the CPU, where dropping the padding mask must be exact), and the recipe is its own 1.00x."""
     markdown = tmp_path / "BENCHMARKS.md"
     done = subprocess.run(
-        [sys.executable, "bench/train_throughput.py", "--tiny", "--only", "recipe", "b16", "--warmup", "1", "--steps", "2",
+        [sys.executable, "bench/train_throughput.py", "--tiny", "--only", "recipe", "b16", "--warmup", "1", "--steps", "3",
          "--out", str(tmp_path), "--markdown", str(markdown)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
@@ -22,8 +22,11 @@ def test_train_throughput_tiny_writes_both_rates_and_keeps_the_loss(tmp_path: Pa
     rows = [json.loads(line) for line in (tmp_path / "train_throughput.jsonl").read_text().splitlines()]
     assert [r["name"] for r in rows] == ["recipe"] + ["b16"] * 7  # Liger's row needs CUDA
     for row in rows:
-        assert len(row["step_s"]) == len(row["step_tokens"]) == 2 and all(s > 0 for s in row["step_s"])
+        # 3 steps asked, 4 timed: two whole megabatches of 2 batches (128 items), so every length rank twice
+        assert row["timed_steps"] == len(row["step_s"]) == len(row["step_tokens"]) == 4 and all(s > 0 for s in row["step_s"])
         assert min(row["step_tokens"]) >= 16 * 120, "batch 16 of 120..182-token items, padding not counted"
+        # tokens per timed item, padding not counted: whole megabatches take the items' mean length, 151
+        assert abs(row["mean_item_tokens"] - 151) < 8, row["mean_item_tokens"]
         assert row["median_tokens_per_s"] > 0 and row["tokens_per_s"] > 0
 
     assert [r["optimizer"] for r in rows[:-2]] == ["AdamW"] * 6 and [r["optimizer"] for r in rows[-2:]] == ["AdamW (fused)"] * 2
