@@ -59,6 +59,8 @@ CONFIGS = [
      ["hardware=a100", "quant=nf4", "hardware.lean_4bit=true"]),
     ("a100-compile", "pricer hardware=a100, nf4, compile instead of Liger",
      ["hardware=a100", "quant=nf4", "hardware.liger=false", "hardware.compile=true"]),
+    ("a100-lean-compile", "pricer hardware=a100, nf4, compile instead of Liger, 4-bit linears as two ops",
+     ["hardware=a100", "quant=nf4", "hardware.liger=false", "hardware.compile=true", "hardware.lean_4bit=true"]),
     ("a100-paged", "pricer hardware=a100, nf4, the notebook's optimizer=paged_adamw_32bit",
      ["hardware=a100", "quant=nf4", "optimizer=paged_adamw_32bit"]),
     ("h100", "pricer hardware=h100, nf4", ["hardware=h100", "quant=nf4"]),
