@@ -6,8 +6,9 @@ on the H200 (the matmul's launch included) and, with double quantization, two mo
 kernels per call: a dequantize of the 8-bit absmax and an add (890 of the 5,117 kernels
 of a batch-36 step, BENCHMARKS.md profile 10). Here the absmax is expanded to fp32 once (+0.4 GiB for Llama
 3.1 8B) and each call is one dequantize and one matmul, forward and backward. Side by
-side it paid 1.10x on the host-bound batch-16 step with compiled layers (run 14) and
-0.98-1.01x at batch 36 (runs 10, 12, 14), so presets leave it off and users opt in.
+side it measured 1.10x and 0.86x on the host-bound batch-16 step with compiled layers
+(runs 14, 15) and 0.98-1.01x at batch 36 (runs 10, 12, 14): no consistent gain, so
+presets leave it off and users opt in.
 """
 
 import logging
