@@ -336,7 +336,7 @@ def model_flop(shape: dict, lora_params: int, tokens: int, squares: int, complet
 def timed_steps(requested: int, trainer) -> int:
     """The timed steps, rounded up to whole megabatches of group_by_length's sampler.
 
-    The sampler sorts each megabatch (50 batches; fewer when the data holds under 200) longest
+    The sampler sorts each megabatch (50 batches; fewer when the data holds under 200 batches) longest
     first, so a shorter window sees one end of the length range: 12 steps timed the recipe on
     its 170-182-token items and hardware=t4 (batch 64, megabatches of 32) on 125-147 (run 9).
     Any run of one megabatch's steps takes each length rank once, at every batch size."""
