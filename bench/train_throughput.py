@@ -181,9 +181,8 @@ def table(rows: list[dict], tflops: float, shape: dict) -> list[str]:
     weights FLOP per token (forward + input gradient) at the median step's rate."""
     recipe = next((r for r in rows if r["name"] == "recipe"), None)
     lines = ["| configuration | optimizer | batch | checkpointing | timed steps | tokens/item | tokens/s, all steps | "
-             "tokens/s, median step | "
-             "samples/s, median step | s/step (median) | peak alloc GiB | peak reserved GiB | MFU (all steps) | "
-             "decoder-matmul MFU (median step) | x recipe, all steps | x recipe, median step |",
+             "tokens/s, median step | samples/s, median step | s/step (median) | peak alloc GiB | peak reserved GiB | "
+             "MFU (all steps) | decoder-matmul MFU (median step) | x recipe, all steps | x recipe, median step |",
              "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         mean_ratio = f"{r['tokens_per_s'] / recipe['tokens_per_s']:.2f}" if recipe else "-"
