@@ -17,7 +17,7 @@ import torch
 from bitsandbytes.functional import dequantize_blockwise
 from bitsandbytes.nn import Linear4bit
 
-from pricer.modeling import unwrap_peft
+from pricer.modeling import keep_4bit_layout, unwrap_peft
 
 log = logging.getLogger("pricer")
 
@@ -89,11 +89,12 @@ def lean_4bit_linears(model) -> int:
     The 4-bit weights and their quant state stay as they are (saving and merging see
     bitsandbytes' layers); the fp32 absmax is a buffer that is never saved.
     """
+    keep_4bit_layout(model)  # the two ops read bitsandbytes' quantized layout, never its CPU-packed one
     count = 0
     for module in unwrap_peft(model).modules():
         state = getattr(getattr(module, "weight", None), "quant_state", None)
-        if not isinstance(module, Linear4bit) or state is None or getattr(state, "packing_format_for_cpu", False):
-            continue  # weights bitsandbytes repacked for its CPU kernels keep bitsandbytes' forward
+        if not isinstance(module, Linear4bit) or state is None:
+            continue
         if module.bias is not None and module.bias.requires_grad:
             continue  # a trained bias needs its gradient, which the frozen matmul does not give
         absmax = dequantize_blockwise(state.absmax, state.state2) + state.offset if state.nested else state.absmax

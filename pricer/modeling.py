@@ -76,4 +76,41 @@ def load_model(
     )
     model.config.pad_token_id = pad_token_id
     model.config.use_cache = False  # the KV cache is useless in training and costs memory
+    if quant.get("load_in_4bit"):
+        keep_4bit_layout(model)
     return model
+
+
+def keep_4bit_layout(model) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for its AVX512-BF16 CPU kernels; returns how many.
+
+    On a CPU with AVX512-BF16, Linear4bit.forward in eval mode without grad rewrites its
+    weight into a packed layout once and keeps it, with the absmax cast to bf16 and the
+    double quantization undone. Checked on such a host (bitsandbytes 0.50.2, nf4, fp32
+    compute): eval outputs then move by ~0.1 from the training forward's, a training step
+    after an evaluation (validation scoring, resume) gets no input gradient through the
+    base layers (the packed kernel has no backward), and saving converts back with a
+    re-quantized absmax, so the frozen base no longer dequantizes to the same weights
+    (up to 1e-2). The repack also assumes in_features divisible by the block size.
+    pricer keeps one layout on every host instead: same results on every CPU, training
+    and evaluation on the same weights. GPUs never repack; weights already repacked are
+    converted back (bitsandbytes' own inverse).
+    """
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+    from bitsandbytes.nn import Linear4bit
+
+    count = 0
+    for module in model.modules():
+        if not isinstance(module, Linear4bit):
+            continue
+        module.support_avx512bf16_for_cpu = False  # bitsandbytes' own per-module switch for the repack
+        weight = module.weight
+        if getattr(weight.quant_state, "packing_format_for_cpu", False):
+            absmax = weight.quant_state.absmax  # [blocks per row, rows] in bf16
+            weight.data, state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
+            # the codes come back exact; the absmax as the repack left it, in block order, not re-quantized
+            # (0.50.2's inverse re-quantizes a double-quantized one and leaves a single one transposed)
+            state.absmax, state.nested = absmax.T.reshape(-1).float(), False
+            weight.quant_state = module.quant_state = state
+        count += 1
+    return count

@@ -52,6 +52,41 @@ def compose_train(overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
     return OmegaConf.create(with_hydra), choices
 
 
+# bitsandbytes decides per 4-bit layer, when the layer is built, whether to repack its weights for the
+# AVX512-BF16 CPU kernels (`support_avx512bf16_for_cpu`, from `has_avx512bf16()`). These let a test
+# build layers as either kind of host would, whatever this host's flags are.
+CPU_KINDS = {"avx512bf16": True, "no-avx512bf16": False}
+
+
+def decide_repack_as(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    import bitsandbytes.nn.modules
+
+    monkeypatch.setattr(bitsandbytes.nn.modules, "has_avx512bf16", lambda: CPU_KINDS[kind])
+
+
+@pytest.fixture(params=list(CPU_KINDS))
+def cpu_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs the test twice: 4-bit layers built as on a CPU with AVX512-BF16, and as on one without."""
+    decide_repack_as(monkeypatch, request.param)
+    return request.param
+
+
+@pytest.fixture(scope="session", autouse=True)
+def forced_cpu_kind() -> None:
+    """PRICER_TEST_CPU=avx512bf16 (or no-avx512bf16) builds every in-process 4-bit layer as that host
+    would, so the whole suite can be run both ways on one machine (subprocesses keep the host's flags)."""
+    kind = os.environ.get("PRICER_TEST_CPU")
+    if not kind:
+        yield
+        return
+    if kind not in CPU_KINDS:
+        raise pytest.UsageError(f"PRICER_TEST_CPU={kind}: use one of {', '.join(CPU_KINDS)}")
+    patch = pytest.MonkeyPatch()
+    decide_repack_as(patch, kind)
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def sample_texts() -> list[str]:
     with open(PACKAGE_DIR / "sample_data" / "train.jsonl") as f:

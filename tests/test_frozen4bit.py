@@ -3,8 +3,10 @@
 import bitsandbytes as bnb
 import pytest
 import torch
+from bitsandbytes.functional import _convert_weight_packed_for_cpu, dequantize_4bit
 
 from pricer.frozen4bit import lean_4bit_linears
+from pricer.modeling import keep_4bit_layout
 
 
 def nf4_linear(nested: bool, dtype: torch.dtype, bias: bool) -> bnb.nn.Linear4bit:
@@ -42,10 +44,14 @@ def test_lean_linear_computes_what_bitsandbytes_does(nested: bool, dtype: torch.
     assert "lean_absmax" not in layer.state_dict(), "the fp32 absmax is rebuilt, never saved"
 
 
-def test_eval_mode_keeps_bitsandbytes_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_eval_mode_keeps_bitsandbytes_forward(monkeypatch: pytest.MonkeyPatch, cpu_kind: str) -> None:
     """Decoding runs a few rows at a time, where bitsandbytes has fused 4-bit kernels: eval keeps its path
-    (counted by a wrapper that still calls bitsandbytes)."""
-    layer = nf4_linear(True, torch.float32, bias=False)
+    (counted by a wrapper that still calls bitsandbytes). On either kind of CPU the weights stay in their
+    quantized layout, so eval computes what training does, and training after an evaluation still gets
+    its input gradient (bitsandbytes' AVX512-BF16 repack has no backward)."""
+    layer = nf4_linear(True, torch.float32, bias=False)  # 96 inputs: bitsandbytes' repack would fail on them too
+    assert layer.support_avx512bf16_for_cpu is (cpu_kind == "avx512bf16")
+    want_weight = dequantize_4bit(layer.weight.data, layer.weight.quant_state)
     lean_4bit_linears(layer)
     calls, original = [], bnb.matmul_4bit
     monkeypatch.setattr(bnb, "matmul_4bit", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
@@ -56,6 +62,39 @@ def test_eval_mode_keeps_bitsandbytes_forward(monkeypatch: pytest.MonkeyPatch) -
     with torch.no_grad():
         assert torch.equal(layer(x), train_out.detach())
     assert calls == [1]
+    assert not getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
+    layer.train()
+    _, grad = output_and_input_grad(layer, x)
+    assert grad is not None and grad.abs().sum() > 0
+    assert torch.equal(dequantize_4bit(layer.weight.data, layer.weight.quant_state), want_weight)
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["single-quant", "double-quant"])
+def test_weights_bitsandbytes_repacked_come_back(nested: bool) -> None:
+    """A layer whose weights bitsandbytes already repacked for its AVX512-BF16 kernels (its own conversion,
+    pure torch, so it runs on any host) gets its quantized layout back: the same 4-bit codes, and weights
+    within the absmax's bf16 rounding. bf16 keeps 8 significant bits, so the repack rounds each block's
+    absmax by less than 2^-8 of itself; nf4 codes lie in [-1, 1], so no weight moves by more than that
+    (measured: 0.0037 of the block's absmax)."""
+    torch.manual_seed(0)
+    layer = bnb.nn.Linear4bit(128, 256, bias=False, compute_dtype=torch.float32, compress_statistics=nested, quant_type="nf4")
+    layer.weight = bnb.nn.Params4bit(torch.randn(256, 128), requires_grad=False, compress_statistics=nested, quant_type="nf4")
+    layer = layer.to("cpu")
+    state = layer.weight.quant_state
+    codes = layer.weight.data.clone()
+    absmax = dequantize_4bit(torch.ones_like(codes), state).abs().reshape(-1, 64).amax(dim=1)  # per block
+    want = dequantize_4bit(layer.weight.data, state)
+    layer.weight.data, layer.weight.quant_state = _convert_weight_packed_for_cpu(layer.weight.data, state)
+    assert layer.weight.quant_state.packing_format_for_cpu and layer.weight.shape != codes.shape
+
+    assert keep_4bit_layout(layer) == 1
+    got_state = layer.weight.quant_state
+    assert not got_state.packing_format_for_cpu and layer.support_avx512bf16_for_cpu is False
+    assert torch.equal(layer.weight.data, codes)
+    got = dequantize_4bit(layer.weight.data, got_state)
+    moved = (got - want).abs().reshape(-1, 64).amax(dim=1)  # per block of 64 weights
+    assert (moved <= absmax * 2**-8).all()
+    assert not torch.equal(got, want), "the bf16 absmax is a real rounding: this check can fail"
 
 
 def test_lean_linear_compiles_in_one_graph() -> None:
