@@ -14,8 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 # Keys of the `hardware` group that are pricer's own; the rest go to SFTConfig.
 HARDWARE_KEYS = ("accelerator", "memory_gib", "compute_dtype", "liger", "compile", "lean_4bit")
 COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
-OBJECTIVES = ("test/price_error", "test/rmsle", "test/median_error", "test/hit_rate", "train_loss")
-HIGHER_IS_BETTER = ("test/hit_rate",)  # the other objectives are errors and losses
+SCORES = ("price_error", "rmsle", "median_error", "hit_rate")
+# val/: the validation slice held out of the train split, for sweeps; test/: the course's report
+OBJECTIVES = (*(f"val/{s}" for s in SCORES), *(f"test/{s}" for s in SCORES), "train_loss")
+HIGHER_IS_BETTER = ("val/hit_rate", "test/hit_rate")  # the other objectives are errors and losses
 
 
 NONE = type(None)

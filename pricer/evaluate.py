@@ -63,6 +63,12 @@ def evaluate_model(
     return metrics
 
 
+def score_validation(model, tokenizer, prompts: list[str], prices: list[float], top_k: int = DEFAULT_TOP_K,
+                     batch_tokens: int = DEFAULT_BATCH_TOKENS) -> dict[str, Any]:
+    """`val/...` metrics of the held-out slice: what a sweep selects on, so the test set stays a report."""
+    return _prefixed("val", price_metrics(predict_prices(model, tokenizer, prompts, top_k, batch_tokens), prices))
+
+
 def price_eval_callback(
     trainer,
     prompts: list[str],
@@ -202,6 +208,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from pricer.logs import install_log_filters
+
+    install_log_filters()
     args = _parse_args(argv)
     config = run_config(args.source, args.revision, args.overrides)
     saved = config.get("evaluation", {})

@@ -63,6 +63,24 @@ def summary_line(metrics: dict[str, float]) -> str:
     )
 
 
+def plain_summary(model: str, data: str, train_items: int, steps: int, seconds: float, test: dict, baseline: dict,
+                  run_dir: Path, next_command: str) -> list[str]:
+    """The end of a run in words a newcomer reads: what was trained, how well, where it is, what next."""
+    ratio = test["price_error"] / baseline["price_error"] if baseline["price_error"] else float("nan")
+    verdict = "better than" if ratio < 1 else "no better than"
+    return [
+        f"trained a LoRA adapter on {model} with {train_items:,} items of {data}: {steps:,} steps in {seconds:,.0f} s",
+        f"on {test['items']} test items its guesses are off by ${test['price_error']:,.2f} on average and "
+        f"{100 * test['hit_rate']:.1f}% are hits (within $40 or 20%)",
+        f"always guessing the mean training price (${baseline['guess']:,.2f}) is off by "
+        f"${baseline['price_error']:,.2f} with {100 * baseline['hit_rate']:.1f}% hits: the model's error is "
+        f"{ratio:.2f}x that, {verdict} the baseline",
+        f"chart: {run_dir / 'adapter' / 'price_chart.png'}",
+        f"adapter: {run_dir / 'adapter'}   log: {run_dir / 'train.log'}",
+        f"next: {next_command}",
+    ]
+
+
 def save_chart(guesses: list[float], truths: list[float], path: str | Path, title: str) -> Path:
     """Truth against guess, coloured like the metrics, with the y = x line.
 

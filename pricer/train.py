@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from pricer.config import ConfigError, RunConfig, validate
 from pricer.data import DataError
 from pricer.resume import ResumeError, find_resumable, read_run, write_run
-from pricer.secrets import install_redaction
+from pricer.logs import install_log_filters
 
 log = logging.getLogger("pricer")
 
@@ -66,12 +66,24 @@ def train(cfg: DictConfig) -> float:
     finally:
         write_run(run_dir, status=status)
         tracking.finish(run.tracking["backend"], status)
-    from pricer.metrics import summary_line
+    from pricer.metrics import plain_summary, summary_line
 
-    for prefix in ("test", "baseline"):
+    for prefix in ("val", "test", "baseline"):
         scored = {key.split("/", 1)[1]: value for key, value in metrics.items() if key.startswith(prefix + "/")}
-        log.info("%-8s %s", prefix, summary_line(scored))
-    log.info("adapter: %s | logs: %s | config: %s", run_dir / "adapter", run_dir / "train.log", run_dir / ".hydra")
+        if scored:
+            log.info("%-8s %s", prefix, summary_line(scored))
+    test, baseline = ({k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(p + "/")}
+                      for p in ("test", "baseline"))
+    on_cpu = run.accelerator == "cpu"
+    next_command = ("a sweep, `python -m pricer.train experiment=demo sweep=demo`, or on a GPU the course's run, "
+                    "`python -m pricer.train lora=r8 hardware=t4`" if on_cpu else
+                    "compare runs with `python -m pricer.compare`, or sweep with `python -m pricer.train sweep=tpe`")
+    weights = "4-bit" if run.quant.get("load_in_4bit") else "8-bit" if run.quant.get("load_in_8bit") else "16/32-bit"
+    model = f"{Path(run.model['pretrained_model_name_or_path']).name} ({weights} weights)"
+    data_name = f"data={hydra_cfg.runtime.choices.get('data')} ({run.data['path']})"
+    for line in plain_summary(model, data_name, data["train_items"],
+                              metrics["train_steps"], metrics["train_runtime_s"], test, baseline, run_dir, next_command):
+        log.info("%s", line)
     return metrics[run.optimized_metric]
 
 
@@ -119,13 +131,14 @@ def load_data(run: RunConfig) -> dict:
     splits = load_splits(run.data["path"], run.data["data_files"], run.data["revision"], run.data["max_train_samples"])
     train, evaluation = splits["train"], run.evaluation
     data = {"train_prices": [float(p) for p in train["price"]]}
-    if evaluation["eval_steps"]:  # a validation slice held out from the end of the train split
+    if evaluation["eval_steps"] or run.optimized_metric.startswith("val/"):  # held out from the train split's end
         cut = len(train) - evaluation["val_items"]
         data["val"] = first_test_items(train.select(range(cut, len(train))), evaluation["val_items"])
         train = train.select(range(cut))
-    data["train"] = to_prompt_completion(train)
+    data["train"], data["train_items"] = to_prompt_completion(train), len(train)
     data["test"] = first_test_items(splits["test"], evaluation["test_items"])
-    log.info("data: %d train / %d test items scored from %s", len(train), len(data["test"][0]), run.data["path"])
+    log.info("data: %d train / %d validation / %d test items scored from %s", len(train),
+             len(data["val"][0]) if "val" in data else 0, len(data["test"][0]), run.data["path"])
     return data
 
 
@@ -158,7 +171,7 @@ def load_model(run: RunConfig):
 def fit(run: RunConfig, model, tokenizer, data, run_dir: Path, meta: dict, report_to: list[str]) -> dict:
     """Train with TRL (continuing from the last checkpoint if there is one), save the final adapter."""
     from pricer import speed, trial
-    from pricer.evaluate import evaluate_model, price_eval_callback
+    from pricer.evaluate import evaluate_model, price_eval_callback, score_validation
     from pricer.interrupt import Interrupted, StopOnSignal
     from pricer.modeling import build_lora_config
     from pricer.push import CheckpointKeeper
@@ -216,6 +229,8 @@ def fit(run: RunConfig, model, tokenizer, data, run_dir: Path, meta: dict, repor
     tokenizer.save_pretrained(adapter_dir)
     scores = evaluate_model(trainer.model, tokenizer, *data["test"], adapter_dir, data["train_prices"],
                             evaluation["top_k"], evaluation["batch_tokens"], title=meta["project_run_name"])
+    if "val" in data:
+        scores |= score_validation(trainer.model, tokenizer, *data["val"], evaluation["top_k"], evaluation["batch_tokens"])
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return scores | {
         "train_loss": result.training_loss,
@@ -265,9 +280,9 @@ def write_card_and_push(run: RunConfig, run_dir: Path, meta: dict, config_yaml: 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Hydra's entry: bad input ends with one line naming the fix, not a traceback."""
+    install_log_filters()  # first: importing transformers below already imports bitsandbytes
     from pricer.interrupt import Interrupted  # here, not at the top: --cfg job must not import torch
 
-    install_redaction()
     try:
         return train(cfg)
     except (ConfigError, DataError, ResumeError, Interrupted) as err:

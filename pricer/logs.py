@@ -1,0 +1,70 @@
+"""What reaches the log: no token ever, and no warning a user cannot act on.
+
+Tokens reach pricer only through the environment (or huggingface_hub's token file)
+and are never put in a config, so nothing pricer writes holds one. The redaction
+filter is the second line: it masks a token in any log record, e.g. a library error.
+"""
+
+import logging
+import os
+import warnings
+
+SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
+MASK = "***"
+
+
+def secret_values() -> list[str]:
+    values = [os.environ.get(name, "") for name in SECRET_ENV]
+    try:
+        from huggingface_hub import get_token
+
+        values.append(get_token() or "")
+    except ImportError:
+        pass
+    return sorted({v for v in values if len(v) >= 8}, key=len, reverse=True)
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, MASK)
+    return text
+
+
+class RedactSecrets(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets = secret_values()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message, self.secrets)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
+
+
+class DropKnownNoise(logging.Filter):
+    """bitsandbytes warns at import, on CPUs with AVX512-BF16, that it found no `kernels` package
+    for its repacked CPU matmul. pricer keeps that repack off (pricer.modeling.keep_4bit_layout),
+    so the kernel is never called and the warning asks for an install that changes nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("bitsandbytes") and "gemm_4bit_forward" in str(record.msg))
+
+
+# transformers 5.24 renamed gradient_checkpointing to activation_checkpointing and warns at every
+# use, TRL's included; 5.17 (the GPU image) knows only the old name, and both work until v6, which
+# pyproject excludes: nothing for a user to change.
+KNOWN_FUTURE_WARNINGS = (r"`(is_)?gradient_checkpointing` is deprecated",)
+
+
+def install_log_filters() -> None:
+    """On every handler of the root logger (Hydra's console and file handlers): tokens masked,
+    known-harmless library notices dropped."""
+    redactor, noise = RedactSecrets(), DropKnownNoise()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redactor)
+        handler.addFilter(noise)
+    for message in KNOWN_FUTURE_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+
