@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from pricer.config import ConfigError, RunConfig, validate
 from pricer.data import DataError
-from pricer.resume import ResumeError, find_resumable, read_run, write_run
 from pricer.logs import install_log_filters
+from pricer.resume import ResumeError, find_resumable, read_run, write_run
 
 log = logging.getLogger("pricer")
 
