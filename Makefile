@@ -15,7 +15,10 @@ demo: ## the embedded default: tiny model, 4-bit, sample data, CPU, no network, 
 test: ## the CI suite (CPU, tiny models, local Hub stand-in, W&B offline)
 	$(PY) -m pytest -q
 
-test-full: ## the suite plus GPU tests (run on a GPU machine)
+test-fast: ## the quick loop: tests not marked slow (no training, no sweep, no server)
+	$(PY) -m pytest -q -m "not slow"
+
+test-full: ## the suite with the GPU tests (on a GPU machine; they skip without one)
 	$(PY) -m pytest -q -m "slow or gpu or not slow"
 
 lint: ## ruff

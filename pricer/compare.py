@@ -7,6 +7,7 @@ study opens live in `optuna-dashboard URL`.
 """
 
 import argparse
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
 RUN_ATTRS = ("hub_repo", "wandb_run")  # written by the job through pricer.trial.set_trial_attrs
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,25 +40,75 @@ def main(argv: list[str] | None = None) -> int:
 def locate(target: str) -> tuple[str, Path]:
     """The storage URL, and the folder the plots go to (the SQLite file's, else here)."""
     if "://" in target:
-        path = target.split(":///", 1)[1] if target.startswith("sqlite:///") else None
-        return target, Path(path).parent if path else Path.cwd()
+        db = _sqlite_file(target)
+        if db is not None:
+            _check_sqlite_file(db, target)
+        return target, db.parent if db is not None else Path.cwd()
     path = Path(target)
     db = path / "optuna.db" if path.is_dir() else path
     if not db.is_file():
         raise ValueError(f"{target}: no optuna.db there; pass the sweep dir or a storage URL")
+    _check_sqlite_file(db, target)
     return f"sqlite:///{db.resolve()}", db.resolve().parent
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of an sqlite:/// URL; None for other databases (and SQLite in memory)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(f"{_masked(url)} is not a storage URL: use e.g. sqlite:////abs/path/optuna.db") from None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _check_sqlite_file(db: Path, target: str) -> None:
+    """SQLite creates a missing file (a typo would leave an empty database behind) and opens any
+    file until the first query fails: refuse both here, before SQLite sees the path."""
+    if not db.is_file():
+        raise ValueError(f"{target}: no such file {db}: check the path (an absolute one takes four slashes, "
+                         "sqlite:////abs/optuna.db), or pass the sweep dir")
+    with open(db, "rb") as handle:
+        if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+            raise ValueError(f"{target}: {db} is not an SQLite database: pass the sweep dir, its optuna.db or a storage URL")
+
+
+def _masked(url: str) -> str:
+    """The URL without its password, even one SQLAlchemy cannot parse: it goes into error lines."""
+    return re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", url)
+
+
+def _open_storage(url: str):
+    """The study storage; an unreachable or unknown database is one line, after 10 s at most."""
+    import optuna
+    import sqlalchemy
+
+    try:
+        # psycopg2 waits as long as the OS does (minutes for a host that drops packets)
+        timeout = sqlalchemy.engine.make_url(url).get_driver_name() == "psycopg2"
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"connect_timeout": 10}} if timeout else None)
+    except (sqlalchemy.exc.DatabaseError, sqlalchemy.exc.NoSuchModuleError, sqlalchemy.exc.ArgumentError) as err:
+        first = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        raise ValueError(f"{_masked(url)}: cannot open the database ({first}): check the URL and that the server runs") from None
+    except ImportError as err:  # Optuna's word for a missing driver (psycopg2, MySQLdb, ...)
+        raise ValueError(f"{_masked(url)}: {err.__cause__ or err}: install the database's Python driver") from None
 
 
 def load_study(url: str, name: str | None):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    names = optuna.get_all_study_names(url)
+    storage = _open_storage(url)
+    names = optuna.get_all_study_names(storage)
     if name is None and len(names) != 1:
         raise ValueError(f"pick a study with --study: {', '.join(names) or 'none in this storage'}")
     if (name or names[0]) not in names:
         raise ValueError(f"no study {name!r}; studies: {', '.join(names)}")
-    return optuna.load_study(study_name=name or names[0], storage=url)
+    return optuna.load_study(study_name=name or names[0], storage=storage)
 
 
 def trial_rows(study) -> list[dict[str, Any]]:

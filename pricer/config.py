@@ -6,7 +6,9 @@ into a run deep inside TRL.
 """
 
 import difflib
+import typing
 from dataclasses import dataclass, fields
+from types import UnionType
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -18,6 +20,11 @@ SCORES = ("price_error", "rmsle", "median_error", "hit_rate")
 # val/: the validation slice held out of the train split, for sweeps; test/: the course's report
 OBJECTIVES = (*(f"val/{s}" for s in SCORES), *(f"test/{s}" for s in SCORES), "train_loss")
 HIGHER_IS_BETTER = ("val/hit_rate", "test/hit_rate")  # the other objectives are errors and losses
+# The prompt's fixed words ("How much does this cost to the nearest dollar?" ... "Price is $") take
+# ~16 tokens with Llama 3's tokenizer and the price ~4 more: a shorter max_length cuts every item
+# before its price, so nothing would be learned.
+MIN_MAX_LENGTH = 24
+QUANT_TYPES = ("nf4", "fp4")  # bitsandbytes' 4-bit data types
 
 
 NONE = type(None)
@@ -45,7 +52,7 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
 }
 LIBRARY_GROUPS = ("lora", "quant", "optimizer", "scheduler", "training")
 POSITIVE = [("evaluation", "test_items"), ("evaluation", "top_k"), ("evaluation", "batch_tokens"),
-            ("evaluation", "val_items"), ("hub", "push_attempts")]
+            ("evaluation", "val_items"), ("hub", "push_attempts"), ("hardware", "memory_gib")]
 CHOICES = {
     ("hub", "hub_strategy"): ("every_save", "end"),
     ("tracking", "backend"): ("wandb", "none"),
@@ -110,7 +117,7 @@ def _check_schema(plain: dict) -> None:
                 wanted = " or ".join("null" if t is NONE else t.__name__ for t in types)
                 raise ConfigError(f"{name}={value!r} must be {wanted}")
             if (group, key) in POSITIVE and value <= 0:
-                raise ConfigError(f"{name}={value} must be a positive integer")
+                raise ConfigError(f"{name}={value} must be positive")
             if (group, key) == ("evaluation", "eval_steps") and value is not None and value <= 0:
                 raise ConfigError(f"{name}={value} must be a positive integer or null (no evaluation during training)")
             allowed = CHOICES.get((group, key))
@@ -118,10 +125,54 @@ def _check_schema(plain: dict) -> None:
                 raise ConfigError(f"{name}={value} is not one of {', '.join(allowed)}")
 
 
+def _check_annotation(name: str, value: Any, annotation: Any) -> None:
+    """A value against the library field's own annotation: numbers, integers, bools, Literal choices.
+
+    Binding to the library's signature (torchtune's habit) instead of a copy of it: LoraConfig and
+    SFTConfig accept a wrong type or choice at construction and fail deep inside training. Types
+    pricer cannot read (enums, nested unions) are left to the library."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{name}={value} is not one of {', '.join(map(str, args))}")
+        return
+    if origin in (typing.Union, UnionType):
+        if value is None and type(None) in args:
+            return
+        others = [a for a in args if a is not type(None)]
+        if len(others) != 1:
+            return
+        annotation = others[0]
+    if annotation is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ConfigError(f"{name}={value!r} must be a number")
+    if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{name}={value!r} must be an integer")
+    if annotation is bool and not isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r} must be true or false")
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """A library dataclass's field annotations, resolved (peft writes them as strings)."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # an annotation naming something not importable: keep what is readable
+        hints = {}
+    return {f.name: hints.get(f.name, f.type) for f in fields(cls)}
+
+
+def _check_fields(group: str, values: dict, types_of: dict[str, Any]) -> None:
+    for key, value in values.items():
+        if key in types_of:
+            _check_annotation(f"{group}.{key}", value, types_of[key])
+
+
 def _check_lora(lora: dict) -> None:
     from peft import LoraConfig
 
     _check_known("lora", lora, {f.name for f in fields(LoraConfig)})
+    _check_fields("lora", lora, field_types(LoraConfig))
+    if lora.get("target_modules") in ([], ""):
+        raise ConfigError("lora.target_modules is empty: name the layers to adapt, e.g. [q_proj, v_proj] or all-linear")
     if not isinstance(lora.get("r"), int) or lora["r"] <= 0:
         raise ConfigError(f"lora.r={lora.get('r')} must be a positive integer: use e.g. lora=r8 or lora.r=16")
     if not isinstance(lora.get("lora_alpha"), (int, float)) or lora["lora_alpha"] <= 0:
@@ -142,6 +193,13 @@ def _check_quant(quant: dict) -> None:
     dtype = quant.get("bnb_4bit_compute_dtype")
     if dtype is not None and dtype not in COMPUTE_DTYPES:
         raise ConfigError(f"quant.bnb_4bit_compute_dtype={dtype} is not one of {', '.join(COMPUTE_DTYPES)}")
+    if quant.get("load_in_4bit") and quant.get("bnb_4bit_quant_type", "fp4") not in QUANT_TYPES:
+        raise ConfigError(f"quant.bnb_4bit_quant_type={quant['bnb_4bit_quant_type']} is not one of {', '.join(QUANT_TYPES)}: "
+                          "use quant=nf4")
+    try:  # the library's own checks (types of its flags), as one line
+        BitsAndBytesConfig(**quant)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"quant: {str(err).splitlines()[0]}: fix the quant group (e.g. quant=nf4)") from None
 
 
 def _check_sft(sft: dict, groups: dict[str, dict]) -> None:
@@ -149,9 +207,20 @@ def _check_sft(sft: dict, groups: dict[str, dict]) -> None:
     from transformers.training_args import OptimizerNames
     from trl import SFTConfig
 
-    known = {f.name for f in fields(SFTConfig)}
+    library = field_types(SFTConfig)
     for group in ("optimizer", "scheduler", "training"):
-        _check_known(group, groups[group], known)
+        _check_known(group, groups[group], set(library))
+        _check_fields(group, groups[group], library)
+    _check_fields("hardware", {k: v for k, v in groups["hardware"].items() if k != "per_device_train_batch_size"}, library)
+    for key in ("logging_steps", "save_steps"):
+        if not sft.get(key, 1) > 0:
+            raise ConfigError(f"training.{key}={sft[key]} must be positive: every N steps, e.g. training.{key}=50")
+    epochs, max_steps = sft.get("num_train_epochs", 1), sft.get("max_steps", -1)
+    if epochs < 0:
+        raise ConfigError(f"training.num_train_epochs={epochs} must be >= 0")
+    if max_steps == 0 or max_steps < 0 and epochs == 0:
+        raise ConfigError(f"training.max_steps={max_steps} and training.num_train_epochs={epochs} train nothing: "
+                          "set training.num_train_epochs=1 or training.max_steps=N > 0")
     optimizers = sorted(o.value for o in OptimizerNames)
     if sft.get("optim") not in optimizers:
         close = difflib.get_close_matches(str(sft.get("optim")), optimizers, n=1)
@@ -171,6 +240,9 @@ def _check_sft(sft: dict, groups: dict[str, dict]) -> None:
     for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length"):
         if not isinstance(sft.get(key), int) or sft[key] <= 0:
             raise ConfigError(f"{key}={sft.get(key)} must be a positive integer")
+    if sft["max_length"] < MIN_MAX_LENGTH:
+        raise ConfigError(f"training.max_length={sft['max_length']} is shorter than the prompt's fixed words and the price "
+                          f"(~20 tokens): use at least {MIN_MAX_LENGTH}, the notebook's 182")
     if sft.get("bf16") and sft.get("fp16"):
         raise ConfigError("hardware sets both bf16 and fp16: keep one (hardware.fp16=false)")
 

@@ -13,8 +13,10 @@ is composed from conf/train.yaml with the arguments as Hydra overrides.
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pricer import PACKAGE_DIR
 from pricer.metrics import baseline_metrics, price_metrics, save_chart, summary_line
@@ -24,6 +26,7 @@ METRICS_FILE = "metrics.json"
 CHART_FILE = "price_chart.png"
 DEFAULT_ITEMS = 250  # the course's tester scores the first 250 test items
 CONFIG_FILES = (".hydra/config.yaml", "config.yaml")  # Hydra's copy in a run dir; the Hub repo's copy
+ADAPTER_FILES = ("adapter/adapter_config.json", "adapter_config.json")  # a run dir's final adapter; a checkpoint's
 LOGGED_DURING_TRAINING = ("price_error", "rmsle", "hit_rate", "median_error")
 
 
@@ -204,7 +207,50 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.source, args.overrides = (sources or [None])[0], [a for a in args.args if "=" in a]
     if args.source is None and args.adapter != "none":
         parser.error("no SOURCE: name a run dir or Hub repo, or pass --adapter none for the base model")
+    for flag, value in (("--items", args.items), ("--top-k", args.top_k), ("--batch-tokens", args.batch_tokens)):
+        if value is not None and value <= 0:
+            _refuse(f"{flag} {value} must be a positive integer: leave it out to score as the run was scored")
+    _check_evaluation_keys(args.overrides)
+    if args.source is not None:
+        _check_source(args.source, args.adapter)
     return args
+
+
+def _refuse(message: str) -> NoReturn:
+    """Bad input: one line on stderr and exit code 2, as pricer.train does, before any load."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _check_evaluation_keys(overrides: list[str]) -> None:
+    """`evaluation.KEY=...` must name a key of the group: a saved run config would take a typo silently."""
+    from pricer.config import SCHEMA, ConfigError, _check_known
+
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    given = {key.split(".", 1)[1]: None for key in keys if key.startswith("evaluation.")}
+    try:
+        _check_known("evaluation", given, set(SCHEMA["evaluation"]))
+    except ConfigError as err:
+        _refuse(str(err))
+
+
+def _looks_local(source: str) -> bool:
+    """A path rather than a Hub repo id, which is `name` or `namespace/name` and never starts with a dot."""
+    return source.startswith((".", "/", "~")) or source.count("/") > 1 or (os.sep != "/" and os.sep in source)
+
+
+def _check_source(source: str, adapter: str) -> None:
+    """A missing local path would be looked up on the Hub; a dir without an adapter fails after the model load."""
+    path = Path(source)
+    if not path.exists():
+        if _looks_local(source):
+            _refuse(f"{source}: no such run dir: check the path (a Hub repo id is namespace/name)")
+        return  # a Hub repo id
+    if not path.is_dir():
+        _refuse(f"{source} is a file: pass a run dir (outputs/runs/...) or a Hub repo id")
+    if adapter == "source" and not any((path / name).is_file() for name in ADAPTER_FILES):
+        _refuse(f"{source} holds no adapter (no {' or '.join(ADAPTER_FILES)}): pass a finished run's dir, "
+                "or add --adapter none to score its base model")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -212,7 +258,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     install_log_filters()
     args = _parse_args(argv)
-    config = run_config(args.source, args.revision, args.overrides)
+    from hydra.errors import HydraException
+
+    try:
+        config = run_config(args.source, args.revision, args.overrides)
+    except HydraException as err:  # an override conf/train.yaml cannot take, e.g. model=nope
+        _refuse(str(err).strip().splitlines()[0])
     saved = config.get("evaluation", {})
     items = args.items or saved.get("test_items", DEFAULT_ITEMS)
     top_k = args.top_k or saved.get("top_k", DEFAULT_TOP_K)

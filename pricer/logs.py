@@ -49,22 +49,30 @@ class DropKnownNoise(logging.Filter):
     so the kernel is never called and the warning asks for an install that changes nothing."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.name.startswith("bitsandbytes") and "gemm_4bit_forward" in str(record.msg))
+        return "gemm_4bit_forward" not in str(record.msg)
 
 
+BITSANDBYTES_CPU_LOGGER = "bitsandbytes.backends.cpu.ops"
 # transformers 5.24 renamed gradient_checkpointing to activation_checkpointing and warns at every
 # use, TRL's included; 5.17 (the GPU image) knows only the old name, and both work until v6, which
 # pyproject excludes: nothing for a user to change.
 KNOWN_FUTURE_WARNINGS = (r"`(is_)?gradient_checkpointing` is deprecated",)
 
 
-def install_log_filters() -> None:
-    """On every handler of the root logger (Hydra's console and file handlers): tokens masked,
-    known-harmless library notices dropped."""
-    redactor, noise = RedactSecrets(), DropKnownNoise()
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(redactor)
-        handler.addFilter(noise)
+def drop_known_noise() -> None:
+    """Silence the notices above at their source. Runs when pricer is imported: every command
+    (train, evaluate, push, compare) imports transformers, and with it bitsandbytes, before its
+    main() starts. Idempotent."""
+    logger = logging.getLogger(BITSANDBYTES_CPU_LOGGER)
+    if not any(isinstance(f, DropKnownNoise) for f in logger.filters):
+        logger.addFilter(DropKnownNoise())
     for message in KNOWN_FUTURE_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=FutureWarning)
 
+
+def install_log_filters() -> None:
+    """Tokens masked on every handler of the root logger (Hydra's console and file handlers)."""
+    drop_known_noise()
+    redactor = RedactSecrets()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redactor)

@@ -17,11 +17,42 @@ _REPO_NAME = re.compile(r"^(?![.-])(?!.*(--|\.\.))[A-Za-z0-9._-]{1,96}(?<![.-])$
 
 
 def run_start(output_dir: Path) -> datetime:
-    """When Hydra stamped this run's dir (so the dir and the run share a name), else now."""
+    """When this run's dir was stamped (so the dir and the run share a name), else now."""
     try:
-        return datetime.strptime(output_dir.name, RUN_NAME_FORMAT)
+        return datetime.strptime(re.sub(r"_\d+$", "", output_dir.name), RUN_NAME_FORMAT)
     except ValueError:
         return datetime.now()
+
+
+_claimed: dict[str, Path] = {}  # output_root -> the run dir this process claimed
+
+
+def claim_run_dir(output_root: str, start: datetime | None = None) -> str:
+    """`hydra.run.dir`'s resolver: `{output_root}/runs/{run name}`, created by this process alone.
+
+    Hydra's `${now:...}` gives two runs started in the same second one dir, and each writes its
+    config and log over the other's. Here the name is claimed first (O_EXCL), then the dir is made
+    with mkdir, which also fails if it exists: the run dir is the claim. Hydra may resolve the key
+    more than once per process, so the claim is made once and remembered.
+    """
+    if output_root not in _claimed:
+        start = start or datetime.now()
+        while True:
+            name = claim_run_name(start, Path(output_root) / ".run_names")
+            run_dir = Path(output_root) / "runs" / name
+            try:
+                run_dir.mkdir(parents=True)
+                break
+            except FileExistsError:
+                continue  # a dir left without its marker (the registry was cleaned): take the next name
+        _claimed[output_root] = run_dir
+    return str(_claimed[output_root])
+
+
+def claimed_name(run_dir: Path) -> str | None:
+    """The run name if `run_dir` is the dir this process claimed, else None (e.g. hydra.run.dir given)."""
+    mine = [d for d in _claimed.values() if d.resolve() == run_dir.resolve()]
+    return mine[0].name if mine else None
 
 
 def timestamp_name(start: datetime) -> str:

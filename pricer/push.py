@@ -14,6 +14,7 @@ import json
 import logging
 import queue
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -150,12 +151,31 @@ def push_pending(run_dir: Path, attempts: int, wait_s: float) -> list[str]:
     return done
 
 
+def _bad_args(run_dir: Path, attempts: int, wait_s: float) -> str | None:
+    """What is wrong with the command line, in one line, before any Hub call; None if nothing."""
+    from pricer.resume import RUN_FILE
+
+    if not run_dir.is_dir():
+        return f"{run_dir}: no such run dir: pass a run's folder, e.g. outputs/runs/2024-09-13_13.04.39"
+    if not (run_dir / RUN_FILE).is_file():
+        return f"{run_dir} is not a pricer run dir (no {RUN_FILE}): pass a run's folder, e.g. outputs/runs/2024-09-13_13.04.39"
+    if attempts < 1:
+        return f"--attempts {attempts} must be at least 1 (1 = no retry): e.g. --attempts 5"
+    if not wait_s >= 0:  # NaN too
+        return f"--wait-s {wait_s:g} must be >= 0 (seconds before the first retry, doubled after each): e.g. --wait-s 2"
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Push what a run has not pushed yet (e.g. after a network outage).")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--attempts", type=int, default=5)
     parser.add_argument("--wait-s", type=float, default=2.0)
     args = parser.parse_args()
+    problem = _bad_args(args.run_dir, args.attempts, args.wait_s)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     pushed = push_pending(args.run_dir, args.attempts, args.wait_s)
     print(f"pushed {', '.join(pushed) or 'nothing: all up to date'} -> {read_run(args.run_dir)['repo_id']}")

@@ -9,12 +9,17 @@ one was cut short by a crash and is never resumed from.
 """
 
 import json
+import logging
+import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
 RUN_FILE = "run.json"
 ENDED = ("finished", "pruned")  # a run in these states is never continued
+NOT_AUTO = (*ENDED, "failed")  # resume=auto leaves a failed run alone (it would fail again); resume=DIR retries it
+log = logging.getLogger("pricer")
 
 
 class ResumeError(ValueError):
@@ -71,7 +76,32 @@ def find_resumable(resume: str, runs_root: Path, overrides: list[str]) -> Path |
     wanted = sorted(o for o in overrides if not o.startswith("resume="))
     candidates = []
     for run_file in runs_root.glob(f"**/{RUN_FILE}"):
-        meta = json.loads(run_file.read_text())
-        if meta.get("status") not in ENDED and sorted(meta.get("overrides", [])) == wanted:
-            candidates.append((meta.get("started", ""), run_file.parent))
+        try:
+            meta = json.loads(run_file.read_text())
+        except (OSError, ValueError):
+            log.warning("resume=auto: skipping %s, which is not readable JSON", run_file)
+            continue
+        if meta.get("status") in NOT_AUTO or sorted(meta.get("overrides", [])) != wanted:
+            continue
+        if meta.get("status") == "running" and is_alive(meta):
+            log.info("resume=auto: skipping %s, still running (pid %s)", run_file.parent, meta.get("pid"))
+            continue
+        candidates.append((meta.get("started", ""), run_file.parent))
     return max(candidates)[1] if candidates else None
+
+
+def owner() -> dict[str, Any]:
+    """Who runs a run now: written into run.json at start and at each resume."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def is_alive(meta: dict[str, Any]) -> bool:
+    """The run's process still runs on this host. A run of another host cannot be checked from here and
+    counts as not alive: a requeued SLURM job, the case resume=auto is for, restarts on another node."""
+    if meta.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(meta.get("pid", -1)), 0)
+    except (OSError, ValueError, OverflowError):
+        return False
+    return True

@@ -8,6 +8,8 @@ path (one forward pass, read the price token) is exercised as on the real model.
 """
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 # Dimensions are multiples of 64 so bitsandbytes can quantize every linear layer.
@@ -98,8 +100,15 @@ def build_tiny_model(path: str | Path, texts: list[str], seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
-    staging = path.with_name(path.name + ".partial")  # a crash never leaves a half-built model
+    # A crash never leaves a half-built model, and runs starting together (CPU sweep workers, two
+    # demos) each build in their own staging dir: the first rename wins, the others drop theirs.
+    staging = path.with_name(f"{path.name}.partial-{os.getpid()}")
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    staging.rename(path)
+    try:
+        staging.rename(path)
+    except OSError:
+        if not (path / "config.json").exists():
+            raise
+        shutil.rmtree(staging)
     return path

@@ -15,12 +15,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from pricer import naming
 from pricer.config import ConfigError, RunConfig, validate
 from pricer.data import DataError
 from pricer.logs import install_log_filters
-from pricer.resume import ResumeError, find_resumable, read_run, write_run
+from pricer.resume import ResumeError, find_resumable, owner, read_run, write_run
 
 log = logging.getLogger("pricer")
+OmegaConf.register_new_resolver("pricer_run_dir", naming.claim_run_dir, replace=True)  # hydra.run.dir: one dir per run
 
 
 def train(cfg: DictConfig) -> float:
@@ -29,28 +31,27 @@ def train(cfg: DictConfig) -> float:
     from pricer import tracking, trial
     from pricer.interrupt import Interrupted
 
+    data = load_data(run)  # before the run is claimed: a data problem leaves no run behind
     run_dir, meta = start_or_resume(run, hydra_cfg)
     log.info("run %s -> %s (hub: %s)", meta["project_run_name"], run_dir, meta["repo_id"] or "off")
     trial.set_trial_attrs(hub_repo=meta["repo_id"], wandb_run=meta["project_run_name"])  # for pricer.compare
 
-    data = load_data(run)
-    tokenizer, model = load_model(run)
-
-    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    report_to = tracking.start(
-        run.tracking["backend"],
-        run.tracking.get("project", run.project),
-        meta["project_run_name"],
-        meta["group"],
-        OmegaConf.to_container(cfg, resolve=True)
-        | {"run_name": meta["run_name"], "hub_repo": meta["repo_id"], "trial": trial.current_trial_info()},
-        str(run_dir),
-        meta["wandb_id"],
-        run.tracking.get("entity"),
-        run.tracking.get("tags"),
-    )
-    status = "failed"
+    status = "failed"  # whatever fails from here on (model load, training, push) marks the run failed
     try:
+        tokenizer, model = load_model(run)
+        config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        report_to = tracking.start(
+            run.tracking["backend"],
+            run.tracking.get("project", run.project),
+            meta["project_run_name"],
+            meta["group"],
+            OmegaConf.to_container(cfg, resolve=True)
+            | {"run_name": meta["run_name"], "hub_repo": meta["repo_id"], "trial": trial.current_trial_info()},
+            str(run_dir),
+            meta["wandb_id"],
+            run.tracking.get("entity"),
+            run.tracking.get("tags"),
+        )
         metrics = fit(run, model, tokenizer, data, run_dir, meta, report_to)
         tracking.log_summary(run.tracking["backend"], metrics, images=[run_dir / "adapter" / "price_chart.png"])
         write_card_and_push(run, run_dir, meta, config_yaml, metrics)
@@ -89,17 +90,17 @@ def train(cfg: DictConfig) -> float:
 
 def start_or_resume(run: RunConfig, hydra_cfg) -> tuple[Path, dict]:
     """A new run's names, or the names of the run that `resume=` continues (same repo, same W&B run)."""
-    from pricer import hub, naming
+    from pricer import hub
 
     overrides = sorted(o for o in hydra_cfg.overrides.task if not o.startswith("resume="))
     previous = find_resumable(run.resume, Path(run.output_root), overrides) if run.resume else None
     if previous is not None:
         log.info("resuming %s (this attempt's own log: %s)", previous, hydra_cfg.runtime.output_dir)
-        write_run(previous, status="running", resumed=read_run(previous).get("resumed", 0) + 1)
+        write_run(previous, status="running", resumed=read_run(previous).get("resumed", 0) + 1, **owner())
         return previous, read_run(previous)
     run_dir = Path(hydra_cfg.runtime.output_dir)
     start = naming.run_start(run_dir)
-    run_name = naming.claim_run_name(start, Path(run.output_root) / ".run_names")
+    run_name = naming.claimed_name(run_dir) or naming.claim_run_name(start, Path(run.output_root) / ".run_names")
     repo_id = None
     if run.hub["push"]:
         from pricer.push import call_with_retries
@@ -119,6 +120,7 @@ def start_or_resume(run: RunConfig, hydra_cfg) -> tuple[Path, dict]:
         overrides=overrides,
         started=start.isoformat(),
         status="running",
+        **owner(),
     )
     return run_dir, read_run(run_dir)
 
@@ -132,6 +134,9 @@ def load_data(run: RunConfig) -> dict:
     train, evaluation = splits["train"], run.evaluation
     data = {"train_prices": [float(p) for p in train["price"]]}
     if evaluation["eval_steps"] or run.optimized_metric.startswith("val/"):  # held out from the train split's end
+        if evaluation["val_items"] >= len(train):
+            raise DataError(f"evaluation.val_items={evaluation['val_items']} leaves no training items of the "
+                            f"{len(train)} in the train split: use fewer, e.g. evaluation.val_items={len(train) // 10}")
         cut = len(train) - evaluation["val_items"]
         data["val"] = first_test_items(train.select(range(cut, len(train))), evaluation["val_items"])
         train = train.select(range(cut))
@@ -277,6 +282,21 @@ def write_card_and_push(run: RunConfig, run_dir: Path, meta: dict, config_yaml: 
         log.error("the final push failed; the adapter is safe in %s: run `python -m pricer.push %s`", run_dir, run_dir)
 
 
+def drop_unclaimed_dir(output_dir: Path) -> None:
+    """Bad input leaves no run dir behind: remove what Hydra wrote there (.hydra/, train.log) unless a
+    run was claimed in it (run.json); anything else in the dir stays."""
+    if (output_dir / "run.json").exists():
+        return
+    import shutil
+
+    shutil.rmtree(output_dir / ".hydra", ignore_errors=True)
+    (output_dir / "train.log").unlink(missing_ok=True)
+    try:
+        output_dir.rmdir()
+    except OSError:
+        pass  # not empty: the user's own files
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Hydra's entry: bad input ends with one line naming the fix, not a traceback."""
@@ -290,6 +310,8 @@ def main(cfg: DictConfig) -> float:
         print(f"error: {err}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # a sweeper records the failed job and goes on
+        if not isinstance(err, Interrupted):
+            drop_unclaimed_dir(Path(HydraConfig.get().runtime.output_dir))
         sys.exit(128 + err.signum if isinstance(err, Interrupted) else 2)
 
 

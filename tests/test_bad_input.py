@@ -43,6 +43,28 @@ BAD_CONFIGS = [
     ([*DEMO, "data.max_train_samples=0"], "data.max_train_samples=0 must be a positive integer or null"),
     ([*DEMO, "training.max_length=-1"], "max_length=-1 must be a positive integer"),
     ([*DEMO, "model.revision=3"], "model.revision=3 must be str or null"),
+    # checked against the library's own field annotations (LoraConfig, SFTConfig) or object (BitsAndBytesConfig)
+    ([*DEMO, "optimizer.learning_rate=fast"], "optimizer.learning_rate='fast' must be a number"),
+    ([*DEMO, "scheduler.warmup_steps=abc"], "scheduler.warmup_steps='abc' must be a number"),
+    ([*DEMO, "optimizer.max_grad_norm=big"], "optimizer.max_grad_norm='big' must be a number"),
+    ([*DEMO, "optimizer.weight_decay=[0.1]"], "optimizer.weight_decay=[0.1] must be a number"),
+    ([*DEMO, "training.num_train_epochs=many"], "training.num_train_epochs='many' must be a number"),
+    ([*DEMO, "training.logging_steps=0"], "training.logging_steps=0 must be positive"),
+    ([*DEMO, "training.save_steps=-5"], "training.save_steps=-5 must be positive"),
+    ([*DEMO, "training.max_steps=0"], "train nothing"),
+    ([*DEMO, "training.num_train_epochs=0"], "train nothing"),
+    ([*DEMO, "training.num_train_epochs=-1"], "training.num_train_epochs=-1 must be >= 0"),
+    ([*DEMO, "training.max_steps=ten"], "training.max_steps='ten' must be an integer"),
+    ([*DEMO, "training.max_length=8"], "training.max_length=8 is shorter than the prompt's fixed words"),
+    ([*DEMO, "quant.bnb_4bit_quant_type=nf5"], "quant.bnb_4bit_quant_type=nf5 is not one of nf4, fp4"),
+    ([*DEMO, "quant.load_in_4bit=yes"], "quant: load_in_4bit must be a boolean"),
+    ([*DEMO, "lora.bias=sometimes"], "lora.bias=sometimes is not one of none, all, lora_only"),
+    ([*DEMO, "lora.target_modules=[]"], "lora.target_modules is empty"),
+    ([*DEMO, "lora.r=2.5"], "lora.r=2.5 must be an integer"),
+    ([*DEMO, "+lora.use_rslora=maybe"], "lora.use_rslora='maybe' must be true or false"),
+    ([*DEMO, "hardware.memory_gib=-4"], "hardware.memory_gib=-4 must be positive"),
+    ([*DEMO, "hardware.gradient_checkpointing=1"], "hardware.gradient_checkpointing=1 must be bool"),
+    ([*DEMO, "optimized_metric=val/price_eror"], "optimized_metric=val/price_eror is not one of"),
 ]
 
 

@@ -38,7 +38,12 @@ def parse(overrides: list[str]) -> tuple[dict[str, BaseDistribution], dict[str, 
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.get_key_element()
         if override.is_sweep_override():
-            space[key] = distribution(override)
+            try:
+                space[key] = distribution(override)
+            except SweepConfigError:
+                raise
+            except ValueError as err:  # Optuna's own checks, e.g. a log range from 0
+                raise SweepConfigError(f"{override.input_line}: {err}") from None
         else:
             fixed[key] = override.get_value_element_as_str()
     return space, fixed
@@ -51,6 +56,9 @@ def distribution(override: Override) -> BaseDistribution:
     if isinstance(value, RangeSweep):
         return _range(value, list(override.sweep_iterator()))
     if isinstance(value, IntervalSweep):
+        if value.start > value.end:
+            raise SweepConfigError(f"{override.input_line}: low {value.start} > high {value.end}: "
+                                   f"write interval({value.end}, {value.start})")
         log = "log" in value.tags
         if isinstance(value.start, int) and isinstance(value.end, int):
             return IntDistribution(value.start, value.end, log=log)
@@ -74,6 +82,13 @@ def _range(sweep: RangeSweep, values: list[Any]) -> BaseDistribution:
         return IntDistribution(min(values), max(values), step=int(step))
     # Hydra adds steps in floats (0.30000000000000004); Optuna checks the range in decimals
     return FloatDistribution(round(min(values), 12), round(max(values), 12), step=float(step))
+
+
+def edges(dist: BaseDistribution) -> list[Any]:
+    """The values that stand for a distribution when configs are checked: each choice, or both ends."""
+    if isinstance(dist, CategoricalDistribution):
+        return list(dist.choices)
+    return [dist.low, dist.high]
 
 
 def grid(space: dict[str, BaseDistribution]) -> dict[str, list[Any]]:

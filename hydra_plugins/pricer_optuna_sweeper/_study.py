@@ -18,6 +18,7 @@ import gc
 import logging
 import math
 import os
+import re
 import socket
 import sys
 import time
@@ -27,12 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from hydra.core.utils import JobReturn, JobStatus
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from pricer.trial import NAN_AT, PRUNED_AT, open_storage
 
 from ._locks import database_lock, file_lock, heartbeat
+from ._space import SweepConfigError
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +45,54 @@ MAX_RETRY = 2  # an interrupted trial is re-queued at most this often (a trial t
 _COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
+def check_storage(url: str) -> None:
+    """A hydra.sweeper.storage that cannot work, refused before a study or a folder exists.
+
+    SQLite would create a missing file, but not a missing folder: that fails only once
+    the sweep dir is made, with a traceback from deep inside SQLAlchemy.
+    """
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+        parsed.get_dialect()
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as err:
+        raise SweepConfigError(f"hydra.sweeper.storage={masked(url)} is not a database URL SQLAlchemy can open ({err}): "
+                               "use e.g. sqlite:////abs/path/optuna.db or postgresql+psycopg2://user:pass@host/db") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        folder = Path(parsed.database).parent
+        if not folder.is_dir():
+            raise SweepConfigError(f"hydra.sweeper.storage={url}: folder {folder} does not exist: "
+                                   "create it, or leave storage unset for optuna.db in the sweep dir")
+
+
+def masked(url: str) -> str:
+    """The URL without its password, even one SQLAlchemy cannot parse (it goes into logs and errors)."""
+    return re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", url)
+
+
 def open_study(url: str, name: str, directions: list[str], heartbeat_interval: int,
                grace_period: int | None) -> optuna.Study:
     """Create or join the study; the caller sets its sampler once it knows the study's size.
 
     Under the database lock: sweeps starting together on a fresh PostgreSQL database
     would otherwise race to create Optuna's tables (a duplicate-key error for one).
+    An unreachable database is one line, not a traceback.
     """
-    with database_lock(url, "pricer: create tables and study"):
-        storage = open_storage(
-            url,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
-        )
-        return optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True)
+    try:
+        with database_lock(url, "pricer: create tables and study"):
+            storage = open_storage(
+                url,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+            )
+            return optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True)
+    except sqlalchemy.exc.DatabaseError as err:  # OperationalError too: refused, unknown host, bad file
+        first = str(getattr(err, "orig", err)).strip().splitlines()[0]
+        raise SweepConfigError(f"hydra.sweeper.storage={masked(url)}: cannot open the database ({first}): "
+                               "check that it runs and is reachable, or leave storage unset") from None
+    except ImportError as err:  # Optuna's word for a missing driver (psycopg2, MySQLdb, ...)
+        raise SweepConfigError(f"hydra.sweeper.storage={masked(url)}: {err.__cause__ or err}: "
+                               "install the database's Python driver") from None
 
 
 def run_trials(study: optuna.Study, suggest: Callable[[Trial], None], launch: Callable[[Trial], JobReturn], *,

@@ -14,6 +14,7 @@ every start-up to discover plugins.
 import logging
 import math
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,8 @@ class PricerOptunaSweeper(Sweeper):
                  study_name: str | None, n_trials: int, n_jobs: int, max_failure_rate: float,
                  params: DictConfig | None, custom_search_space: str | None, metric: str | None,
                  devices: list[str] | None, heartbeat_interval: int, grace_period: int | None) -> None:
-        if not 0.0 <= max_failure_rate <= 1.0:
-            raise ValueError(f"hydra.sweeper.max_failure_rate={max_failure_rate} must lie in [0, 1]")
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
         self.directions = [str(d) for d in direction] if OmegaConf.is_list(direction) else [str(direction)]
-        if any(d not in ("minimize", "maximize") for d in self.directions):
-            raise ValueError(f"hydra.sweeper.direction={self.directions}: use minimize, maximize or a list of them")
         self.storage, self.study_name = storage, study_name
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
         self.params = params or {}
@@ -48,23 +45,43 @@ class PricerOptunaSweeper(Sweeper):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
+        self.checks_pricer_configs = _is_pricer_train(task_function)
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
 
     def sweep(self, arguments: list[str]) -> None:
+        """Run the study. A setting that cannot work ends as pricer.train's bad input does: one line, exit 2
+        (raised, Hydra would add a hint about HYDRA_FULL_ERROR to a message that has nothing more to say)."""
+        from . import _space
+
+        try:
+            self._sweep(arguments)
+        except _space.SweepConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    def _sweep(self, arguments: list[str]) -> None:
         from . import _space, _study, _workers
 
         _quiet_optuna()
+        self._check_settings()
         self._check_direction(OmegaConf.select(self.config, "optimized_metric"))
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         space, fixed = _space.parse([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
         for key in fixed:  # `key=value` on the command line pins a swept key
             space.pop(key, None)
         is_worker = _workers.WORKER_ENV in os.environ
+        if not is_worker:  # a worker runs what its parent checked
+            if self.storage:
+                _study.check_storage(self.storage)
+            if self.checks_pricer_configs:
+                self._check_job_configs(space, fixed)
         url, name = self._study_address(sweep_dir, is_worker)
+        if self.storage is None:  # only now, so that a refused sweep leaves nothing behind
+            sweep_dir.mkdir(parents=True, exist_ok=True)  # the default optuna.db lives in it
         study, n_trials = self._open_study(url, name, space)
+        sweep_dir.mkdir(parents=True, exist_ok=True)  # multirun.yaml, the lock file, the jobs' dirs
         if not is_worker:
             OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
             log.info("study %s in %s: %d of %d trials done or running", name, _masked(url),
@@ -79,6 +96,57 @@ class PricerOptunaSweeper(Sweeper):
                                f"{self.max_failure_rate} allows; reasons: `python -m pricer.compare {sweep_dir}`")
         if any(codes):
             raise RuntimeError(f"sweep workers exited with codes {codes}: see their logs above")
+
+    def _check_settings(self) -> None:
+        """Budget, workers, failure rate and directions that cannot work: one line, before any study or dir."""
+        from . import _space
+
+        for key, value, example in (("n_trials", self.n_trials, 20), ("n_jobs", self.n_jobs, 1)):
+            if value < 1:
+                raise _space.SweepConfigError(f"hydra.sweeper.{key}={value} must be at least 1: "
+                                              f"e.g. hydra.sweeper.{key}={example}")
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise _space.SweepConfigError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate} must lie in [0, 1]: "
+                                          "e.g. 0.25 tolerates one failed trial in four")
+        if any(d not in ("minimize", "maximize") for d in self.directions):
+            raise _space.SweepConfigError(f"hydra.sweeper.direction={self.directions}: use minimize, maximize or a list of them")
+
+    def _check_job_configs(self, space: dict, fixed: dict[str, str]) -> None:
+        """pricer.config.validate on the base config, then with each choice and both ends of each range.
+
+        Otherwise a bad value fails trial after trial, each after its data and model load,
+        until max_failure_rate ends the sweep. Each parameter is checked on the base config
+        alone (combinations are left to the trials: they are what the sweep explores).
+        """
+        from pricer.logs import install_log_filters
+
+        from . import _space
+
+        install_log_filters()  # validate imports bitsandbytes, whose import notice asks for nothing useful
+        base = [f"{key}={value}" for key, value in fixed.items()]
+        self._check_job_config(base, "")
+        for key, dist in space.items():
+            for value in _space.edges(dist):
+                override = f"{key}={_space.override_value(value)}"
+                self._check_job_config([*base, override], f"search-space value {override}: ")
+
+    def _check_job_config(self, overrides: list[str], where: str) -> None:
+        """The job's config composed as the launcher will compose it, validated without machine checks."""
+        from hydra.errors import HydraException
+        from omegaconf import open_dict, read_write
+
+        from pricer.config import ConfigError, validate
+
+        from . import _space
+
+        try:
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+            choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if v is not None}
+            with read_write(cfg), open_dict(cfg):
+                del cfg["hydra"]  # what the job gets
+            validate(cfg, choices, check_machine=False)
+        except (ConfigError, HydraException) as err:
+            raise _space.SweepConfigError(f"{where}{str(err).strip().splitlines()[0]}") from None
 
     def _check_direction(self, metric: str | None) -> None:
         """A study that minimises a hit rate would look for the worst runs: refuse it before any trial."""
@@ -221,3 +289,15 @@ def _masked(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _is_pricer_train(task_function: TaskFunction) -> bool:
+    """The jobs are pricer.train's (not another Hydra app's): their configs can be validated here."""
+    import inspect
+
+    from pricer import PACKAGE_DIR
+
+    try:
+        return Path(inspect.getfile(task_function)).resolve() == PACKAGE_DIR / "train.py"
+    except TypeError:  # a builtin or a callable object: not pricer.train
+        return False

@@ -1,0 +1,112 @@
+"""One run, one dir, one status: same-second starts, failures after the claim, resume=auto's choices,
+and bad input that leaves nothing behind. Each runs the real `python -m pricer.train`."""
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_cli
+
+from pricer import naming
+from pricer.resume import find_resumable, owner, write_run
+
+QUICK = ["experiment=demo", "training.max_steps=2", "training.save_steps=2", "evaluation.test_items=5"]
+
+
+def _claim_in_child(root: str, start: str, queue) -> None:
+    queue.put(naming.claim_run_dir(root, datetime.fromisoformat(start)))
+
+
+def test_runs_started_in_the_same_second_claim_distinct_dirs(tmp_path: Path) -> None:
+    """Four processes claiming at the very same start time get four dirs, named like their runs."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    start = "2024-09-13T13:04:39"
+    procs = [ctx.Process(target=_claim_in_child, args=(str(tmp_path), start, queue)) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    dirs = sorted(Path(queue.get(timeout=60)) for _ in procs)
+    for proc in procs:
+        proc.join(60)
+    names = [d.name for d in dirs]
+    assert names == ["2024-09-13_13.04.39", "2024-09-13_13.04.39_1", "2024-09-13_13.04.39_2", "2024-09-13_13.04.39_3"]
+    assert all(d.is_dir() and d.parent == tmp_path / "runs" for d in dirs)
+    assert {naming.run_start(d) for d in dirs} == {datetime.fromisoformat(start)}
+
+
+@pytest.mark.slow
+def test_two_cli_runs_at_once_keep_their_own_dir_config_and_results(tmp_path: Path) -> None:
+    """The repro of two runs started together: each dir holds its own config, run.json and adapter."""
+    env = {**os.environ}
+    procs = [subprocess.Popen([sys.executable, "-m", "pricer.train", *QUICK, f"seed={seed}", f"output_root={tmp_path}"],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for seed in (1, 2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 2
+    seeds = set()
+    for run_dir in runs:
+        meta = json.loads((run_dir / "run.json").read_text())
+        assert meta["run_name"] == run_dir.name and meta["status"] == "finished"
+        overrides = (run_dir / ".hydra" / "overrides.yaml").read_text()
+        seeds |= {line.split("=")[1] for line in overrides.splitlines() if "seed=" in line}
+        assert (run_dir / "adapter" / "adapter_model.safetensors").exists()
+        config = (run_dir / ".hydra" / "config.yaml").read_text()
+        assert f"seed: {overrides.split('seed=')[1].split()[0]}" in config, "the dir's config is its own run's"
+    assert seeds == {"1", "2"}
+
+
+@pytest.mark.slow
+def test_a_run_that_fails_after_its_claim_is_marked_failed_and_auto_leaves_it(tmp_path: Path) -> None:
+    """The model cannot load (a corrupt weights file): run.json says failed, and resume=auto starts anew."""
+    model_dir = tmp_path / "broken-model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{not json")
+    args = [*QUICK, "model.build_tiny=false", f"model.pretrained_model_name_or_path={model_dir}", f"output_root={tmp_path}"]
+    out = run_cli(args)
+    assert out.returncode != 0
+    (failed,) = (tmp_path / "runs").glob("*/run.json")
+    assert json.loads(failed.read_text())["status"] == "failed"
+    overrides = json.loads(failed.read_text())["overrides"]
+    assert find_resumable("auto", tmp_path, overrides) is None
+
+
+def test_resume_auto_skips_live_runs_failed_runs_and_corrupt_files(tmp_path: Path) -> None:
+    """Of five runs with the same overrides only the dead, unfinished one is continued."""
+    overrides = ["experiment=demo"]
+    runs = {name: tmp_path / "runs" / name for name in ("dead", "alive", "failed", "finished", "corrupt")}
+    for name, run_dir in runs.items():
+        run_dir.mkdir(parents=True)
+        status = {"failed": "failed", "finished": "finished"}.get(name, "running")
+        write_run(run_dir, overrides=overrides, status=status, started=f"2024-09-13T13:0{len(name)}:00", **owner())
+    write_run(runs["dead"], pid=2**22 + 12345)  # beyond Linux's pid_max default: no such process
+    (runs["corrupt"] / "run.json").write_text('{"status": "running", "overr')
+    assert find_resumable("auto", tmp_path, overrides) == runs["dead"]
+    write_run(runs["dead"], **owner())  # this test's own pid: alive now
+    assert find_resumable("auto", tmp_path, overrides) is None
+
+
+BAD = [
+    (["lora.r=0"], "lora.r=0 must be a positive integer"),
+    (["optimizer.learning_rate=fast"], "optimizer.learning_rate='fast' must be a number"),
+    (["quant.bnb_4bit_quant_type=nf5"], "quant.bnb_4bit_quant_type=nf5 is not one of nf4, fp4"),
+    (["training.max_steps=0"], "train nothing"),
+    (["optimized_metric=val/price_error", "evaluation.val_items=5000"], "evaluation.val_items=5000 leaves no training items"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("overrides", "message"), BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_input_is_one_line_and_leaves_no_run_dir(tmp_path: Path, overrides: list[str], message: str) -> None:
+    out = run_cli(["experiment=demo", *overrides, f"output_root={tmp_path}"])
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
+    assert "Loading weights" not in out.stderr, "refused before any model load"
+    assert not list((tmp_path / "runs").glob("*")), "no orphan run dir"
