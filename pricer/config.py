@@ -265,6 +265,19 @@ def _check_hardware(hw: dict, sft: dict, choices: dict[str, str], check_machine:
         raise ConfigError(f"optimizer.optim={sft['optim']} pages through CUDA memory: use optimizer=adamw_torch on {preset}")
 
 
+def _check_hub_names(hub: dict, project: str) -> None:
+    """The repo `{hf_user}/{project}-{run name}` must be a name the Hub accepts: checked offline, so a
+    bad one stops the run now instead of failing every push of a finished run."""
+    from pricer.naming import is_valid_repo_name
+
+    user = hub.get("hf_user")
+    if user is not None and not is_valid_repo_name(str(user)):
+        raise ConfigError(f"hub.hf_user={user!r} is not a Hub account or organisation name: letters, digits, '-', '_', "
+                          "'.'; e.g. hub.hf_user=my-name (or leave it null for the token's account)")
+    if not is_valid_repo_name(f"{project}-2024-09-13_13.04.39"):
+        raise ConfigError(f"project={project!r} makes invalid Hub repo names: use letters, digits, '-', '_'")
+
+
 def _check_hub(hub: dict) -> None:
     if hub.get("push"):
         from huggingface_hub import get_token
@@ -310,6 +323,7 @@ def validate(cfg: DictConfig, choices: dict[str, str] | None = None, check_machi
     _check_sft(sft, plain)
     _check_data(plain["data"])
     _check_hardware(hw, sft, choices, check_machine)
+    _check_hub_names(plain["hub"], plain["project"])
     if check_machine:
         _check_hub(plain["hub"])
     return RunConfig(

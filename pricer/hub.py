@@ -1,8 +1,8 @@
 """The run's private Hub repo: its account, its model card and the final push.
 
-Checkpoints reach the repo through the Trainer (`hub_strategy=every_save`); this
-module adds what the Trainer does not: the account behind the token, and a final
-commit of the adapter, tokenizer and a model card with the resolved config and
+Checkpoints reach the repo through pricer.push (ordered, retried, kept until pushed);
+this module holds the account behind the token, checked before training, and the
+final commit of the adapter, tokenizer and a model card with the resolved config and
 the metrics. Tokens come from the environment only and are never written here.
 """
 
@@ -30,6 +30,30 @@ def account_name() -> str:
     from huggingface_hub import whoami
 
     return whoami()["name"]
+
+
+def checked_account(hf_user: str | None, attempts: int, wait_s: float) -> str:
+    """The repo owner, after asking the Hub whether the token works: a refused token ends the run
+    before training, not at its first push. A Hub that cannot be reached now may be back by the
+    first save, so with hub.hf_user given the run goes on (its pushes retry and wait)."""
+    import logging
+
+    from pricer.config import ConfigError
+    from pricer.push import call_with_retries, can_succeed_later
+
+    try:
+        account = call_with_retries(account_name, "account lookup", attempts, wait_s)
+    except Exception as err:
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if not can_succeed_later(err):
+            raise ConfigError(f"the Hub refused the token in HF_TOKEN ({status or type(err).__name__}): set a valid "
+                              "write token (huggingface.co/settings/tokens), or pass hub.push=false") from None
+        if hf_user is None:
+            raise ConfigError(f"the Hub is not reachable to look up the token's account ({type(err).__name__}): "
+                              "set hub.hf_user=YOUR_NAME, or pass hub.push=false") from None
+        logging.getLogger("pricer").warning("the Hub is not reachable now; pushes to %s will retry", hf_user)
+        return hf_user
+    return hf_user or account
 
 
 def model_card(

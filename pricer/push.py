@@ -31,14 +31,27 @@ T = TypeVar("T")
 CHECKPOINT_FILES = ["adapter_config.json", "adapter_model.safetensors", "trainer_state.json", "tokenizer*"]
 
 
+def can_succeed_later(err: Exception) -> bool:
+    """A rate limit (429), the Hub's own trouble (5xx, 408) or a dropped connection can pass on a
+    retry; a bad or missing token (401, 403), a missing repo (404) or a refused name fail the same
+    way every time, so retrying them only delays the one line that says what to fix."""
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    if status is not None:
+        return status in (408, 429) or status >= 500
+    names = {cls.__name__ for cls in type(err).__mro__}  # httpx, httpx2 and requests name them alike
+    return bool(names & {"TransportError", "ConnectionError", "Timeout", "TimeoutError", "ConnectionResetError"})
+
+
 def call_with_retries(action: Callable[[], T], what: str, attempts: int, wait_s: float) -> T:
-    """Run `action`, retrying with exponential backoff; the last error is raised."""
+    """Run `action`, retrying what can succeed later with exponential backoff; the last error is raised."""
     for attempt in range(1, attempts + 1):
         try:
             return action()
-        except Exception as err:  # network errors come in many types: timeouts, HTTP 429/5xx, refused
-            log.warning("push %s failed (attempt %d/%d): %s", what, attempt, attempts, str(err).splitlines()[0][:200])
-            if attempt == attempts:
+        except Exception as err:
+            retry = can_succeed_later(err) and attempt < attempts
+            log.warning("push %s failed (attempt %d/%d%s): %s", what, attempt, attempts,
+                        "" if retry or attempt == attempts else ", not retried", str(err).splitlines()[0][:200])
+            if not retry:
                 raise
             time.sleep(wait_s * 2 ** (attempt - 1))
     raise ValueError(f"attempts={attempts} must be >= 1")
@@ -65,8 +78,9 @@ def mark_pushed(run_dir: Path, step: int) -> None:
     tmp.replace(path)
 
 
-def push_checkpoint(repo_id: str, checkpoint: Path, private: bool) -> None:
-    """The checkpoint's adapter at the repo root, like the Trainer's every_save strategy."""
+def push_checkpoint(repo_id: str, checkpoint: Path, private: bool, final_landed: bool = False) -> None:
+    """The checkpoint's adapter at the repo root, like the Trainer's every_save strategy; once the
+    final adapter has landed, under checkpoint-N/ instead, so the root keeps the final files."""
     from huggingface_hub import HfApi
 
     api = HfApi()
@@ -75,7 +89,9 @@ def push_checkpoint(repo_id: str, checkpoint: Path, private: bool) -> None:
         repo_id=repo_id,
         folder_path=checkpoint,
         allow_patterns=CHECKPOINT_FILES,
-        commit_message=f"Training in progress, step {checkpoint_step(checkpoint)}",
+        path_in_repo=checkpoint.name if final_landed else None,
+        commit_message=f"Training in progress, step {checkpoint_step(checkpoint)}"
+                       + (" (late, after the final adapter)" if final_landed else ""),
     )
 
 
@@ -128,11 +144,12 @@ def push_pending(run_dir: Path, attempts: int, wait_s: float) -> list[str]:
     if not repo_id:
         raise SystemExit(f"error: {run_dir} was run with hub.push=false: nothing to push")
     done, failed = [], []
+    late = bool(meta.get("final_pushed"))  # the repo's root holds the final adapter: keep it there
     for checkpoint in complete_checkpoints(run_dir / "checkpoints"):
         step = checkpoint_step(checkpoint)
         if step in pushed_steps(run_dir):
             continue
-        if with_retries(lambda c=checkpoint: push_checkpoint(repo_id, c, private), checkpoint.name, attempts, wait_s):
+        if with_retries(lambda c=checkpoint: push_checkpoint(repo_id, c, private, late), checkpoint.name, attempts, wait_s):
             mark_pushed(run_dir, step)
             done.append(checkpoint.name)
         else:

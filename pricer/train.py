@@ -103,10 +103,7 @@ def start_or_resume(run: RunConfig, hydra_cfg) -> tuple[Path, dict]:
     run_name = naming.claimed_name(run_dir) or naming.claim_run_name(start, Path(run.output_root) / ".run_names")
     repo_id = None
     if run.hub["push"]:
-        from pricer.push import call_with_retries
-
-        user = run.hub["hf_user"] or call_with_retries(hub.account_name, "account lookup", run.hub["push_attempts"],
-                                                       run.hub["push_wait_s"])
+        user = hub.checked_account(run.hub["hf_user"], run.hub["push_attempts"], run.hub["push_wait_s"])
         repo_id = naming.hub_repo_id(user, run.project, run_name)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     write_run(
