@@ -5,9 +5,12 @@ does the same for a prompt/completion dataset, so the split happens here, once, 
 the loss falls only on the price tokens.
 """
 
+import math
+from pathlib import Path
 from typing import Any
 
 PROMPT_END = "Price is $"
+MAX_PRICE = 1e9  # no product costs more; a larger value is a unit or parsing slip that would swamp every mean
 
 
 class DataError(ValueError):
@@ -21,8 +24,7 @@ def load_splits(
     from datasets import DatasetDict, load_dataset
 
     if data_files:  # one file set at a time, so a broken file is named by its split
-        splits = DatasetDict({name: load_dataset(path, data_files={name: files}, split=name)
-                              for name, files in data_files.items()})
+        splits = DatasetDict({name: _load_files(load_dataset, path, name, files) for name, files in data_files.items()})
     else:
         splits = load_dataset(path, revision=revision)
     for split in ("train", "test"):
@@ -36,6 +38,24 @@ def load_splits(
     return splits
 
 
+def _load_files(load_dataset, path: str, split: str, files: str | list[str]):
+    """One split from local files, or one line that names the file and what is wrong with it."""
+    for file in [files] if isinstance(files, str) else list(files):
+        if "://" in file or any(ch in file for ch in "*?["):
+            continue  # a URL or a glob: the library resolves it
+        if not Path(file).is_file():
+            raise DataError(f"data.data_files.{split}={file}: no such file: check the path")
+        if Path(file).stat().st_size == 0:
+            raise DataError(f"data.data_files.{split}={file} is empty: it needs rows with text and price")
+    try:
+        return load_dataset(path, data_files={split: files}, split=split)
+    except Exception as err:  # the readers raise many types: ArrowInvalid, JSONDecodeError, DatasetGenerationError
+        reason = (str(err).strip().splitlines() or [""])[0][:160]
+        raise DataError(f"data.data_files.{split}={files} cannot be read as data.path={path} ({type(err).__name__}"
+                        f"{': ' + reason if reason else ''}): check that data.path names the files' format "
+                        "(json for .jsonl, parquet, csv)") from None
+
+
 def check_items(columns: list[str], texts: list[Any], prices: list[Any], split: str) -> None:
     """Fail on the first unusable row with its index, before any model is loaded."""
     for column in ("text", "price"):
@@ -46,6 +66,9 @@ def check_items(columns: list[str], texts: list[Any], prices: list[Any], split: 
             raise DataError(f"data: {split} row {index} has a non-numeric price {price!r}: prices must be numbers")
         if not price >= 0:
             raise DataError(f"data: {split} row {index} has a negative or NaN price {price}: prices must be >= 0")
+        if not math.isfinite(price) or price > MAX_PRICE:
+            raise DataError(f"data: {split} row {index} has a price of {price}: prices must be finite and at most "
+                            f"{MAX_PRICE:.0e} (cents instead of dollars?)")
         if not isinstance(text, str) or PROMPT_END not in text:
             raise DataError(f"data: {split} row {index} has no '{PROMPT_END}' in its text: each item must end with it")
 

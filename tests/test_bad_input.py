@@ -89,7 +89,28 @@ BAD_DATA = [
     ([GOOD, {"text": GOOD["text"], "price": "twelve"}], "train row 1 has a non-numeric price 'twelve'"),
     ([GOOD, GOOD, {"text": GOOD["text"], "price": -3.0}], "train row 2 has a negative or NaN price -3.0"),
     ([{"text": "A lamp that costs 12 dollars", "price": 12.0}], "train row 0 has no 'Price is $' in its text"),
+    ([GOOD, {"text": GOOD["text"], "price": 1e30}], "train row 1 has a price of 1e+30: prices must be finite"),
+    ([GOOD, {"text": GOOD["text"], "price": float("inf")}], "train row 1 has a price of inf: prices must be finite"),
 ]
+
+
+BAD_FILES = [
+    ("json", None, "no such file: check the path"),
+    ("json", b"", "is empty: it needs rows with text and price"),
+    ("json", b"not json at all\n", "cannot be read as data.path=json"),
+    ("parquet", b'{"text": "x Price is $1.00", "price": 1.0}\n', "cannot be read as data.path=parquet"),
+]
+
+
+@pytest.mark.parametrize(("path", "content", "message"), BAD_FILES, ids=["missing", "empty", "not json", "jsonl as parquet"])
+def test_bad_data_file_is_named_in_one_line(tmp_path: Path, path: str, content: bytes | None, message: str) -> None:
+    train = tmp_path / "train.jsonl"
+    if content is not None:
+        train.write_bytes(content)
+    files = {"train": str(train), "test": write_jsonl(tmp_path / "test.jsonl", [GOOD])}
+    with pytest.raises(DataError) as err:
+        load_splits(path, files, None, None)
+    assert message in str(err.value) and "\n" not in str(err.value) and str(train) in str(err.value)
 
 
 @pytest.mark.parametrize(("rows", "message"), BAD_DATA, ids=[m.split(" has ")[-1][:30] for _, m in BAD_DATA])

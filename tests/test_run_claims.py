@@ -98,6 +98,8 @@ BAD = [
     (["quant.bnb_4bit_quant_type=nf5"], "quant.bnb_4bit_quant_type=nf5 is not one of nf4, fp4"),
     (["training.max_steps=0"], "train nothing"),
     (["optimized_metric=val/price_error", "evaluation.val_items=5000"], "evaluation.val_items=5000 leaves no training items"),
+    (["data=local", "data.data_files.train=/nonexistent/train.jsonl", "data.data_files.test=/nonexistent/test.jsonl"],
+     "data.data_files.train=/nonexistent/train.jsonl: no such file"),
 ]
 
 
