@@ -15,6 +15,7 @@ from typing import Any
 
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
 RUN_ATTRS = ("hub_repo", "wandb_run")  # written by the job through pricer.trial.set_trial_attrs
+SCORE_ATTRS = ("val/price_error", "test/price_error", "test/hit_rate")  # likewise: the objective's context
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 
 
@@ -137,6 +138,7 @@ def _row(trial) -> dict[str, Any]:
                            "objective": ", ".join(f"{v:.4g}" for v in values),
                            "duration": _duration(trial.duration)}
     row.update({name: _short(value) for name, value in trial.params.items()})
+    row.update({name: _short(trial.user_attrs[name]) for name in SCORE_ATTRS if name in trial.user_attrs})
     row.update({name: trial.user_attrs[name] for name in RUN_ATTRS if trial.user_attrs.get(name)})
     row["note"] = note[:60]
     row["_values"] = values

@@ -61,6 +61,12 @@ CHOICES = {
 }
 
 
+def sweep_objective(metric: str) -> str:
+    """What a sweep's runs return for `optimized_metric`: a test/ score's validation twin, so no
+    sampler or pruner ever selects on the test items (they stay the report)."""
+    return "val/" + metric[len("test/"):] if metric.startswith("test/") else metric
+
+
 class ConfigError(ValueError):
     """A one-line, user-facing error: which key is wrong and the override that fixes it."""
 

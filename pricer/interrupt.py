@@ -17,10 +17,32 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class Interrupted(Exception):
     """Training stopped on a signal after saving; exit status 128 + signal number."""
 
-    def __init__(self, signum: int, step: int) -> None:
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}: checkpoint saved, "
+    def __init__(self, signum: int, step: int, evaluating: bool = False) -> None:
+        done = "training finished, adapter saved" if evaluating else "checkpoint saved"
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}: {done}, "
                          "rerun the same command with resume=auto to continue")
         self.signum, self.step = signum, step
+
+
+class RaiseOnSignal:
+    """After training: a signal ends the evaluation at once (Interrupted, exit 128 + signal). The
+    adapter is already saved and run.json says so, so `resume=` evaluates again and never trains."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.previous = step, {}
+
+    def __enter__(self) -> "RaiseOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._raise)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _raise(self, signum: int, frame) -> None:
+        raise Interrupted(signum, self.step, evaluating=True)
 
 
 class StopOnSignal(TrainerCallback):

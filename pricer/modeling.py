@@ -22,6 +22,18 @@ def build_lora_config(lora: dict[str, Any]):
     return LoraConfig(**lora)
 
 
+def load_adapter_weights(model, adapter_dir: Path) -> None:
+    """A saved adapter's weights (LoRA and modules_to_save) into the same-shaped PEFT model: a run
+    resumed after its training ended evaluates what it trained, without training again."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    result = set_peft_model_state_dict(model, load_file(Path(adapter_dir) / "adapter_model.safetensors"))
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise ValueError(f"{adapter_dir} does not fit this model ({len(unexpected)} unknown weights, e.g. {unexpected[0]})")
+
+
 def unwrap_peft(model):
     """The transformers model inside a peft wrapper, or the model itself.
 

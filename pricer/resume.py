@@ -44,15 +44,46 @@ def checkpoint_step(path: Path) -> int:
 
 
 def complete_checkpoints(checkpoints_dir: Path) -> list[Path]:
-    """Checkpoints whose trainer_state.json parses, oldest first."""
-    found = []
-    for path in checkpoints_dir.glob("checkpoint-*"):
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            continue
-        found.append(path)
-    return sorted(found, key=checkpoint_step)
+    """Checkpoints whose trainer_state.json parses and whose adapter file is whole, oldest first."""
+    return sorted((p for p in checkpoints_dir.glob("checkpoint-*") if _is_complete(p)), key=checkpoint_step)
+
+
+def _is_complete(checkpoint: Path) -> bool:
+    """The Trainer writes trainer_state.json last, but a full disk or a copy cut short can still leave a
+    truncated adapter beside it: safetensors checks that its header's tensors cover the file."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    adapter = checkpoint / "adapter_model.safetensors"
+    if not adapter.exists():
+        return True  # a full fine-tune's checkpoint (quant=none without LoRA) has other files
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(adapter), "pt") as weights:
+            weights.keys()
+    except (OSError, SafetensorError):
+        return False
+    return True
+
+
+def check_same_adapter_shape(run_dir: Path, lora: dict[str, Any]) -> None:
+    """Resuming with another LoRA shape would fail deep in the checkpoint load: say so first."""
+    checkpoints = complete_checkpoints(run_dir / "checkpoints") if (run_dir / "checkpoints").exists() else []
+    saved_file = checkpoints[-1] / "adapter_config.json" if checkpoints else run_dir / "adapter" / "adapter_config.json"
+    if not saved_file.exists():
+        return
+    saved = json.loads(saved_file.read_text())
+    for key in ("r", "lora_alpha", "target_modules"):
+        was, now = saved.get(key), lora.get(key)
+        if key == "target_modules" and isinstance(was, list) and isinstance(now, list):
+            was, now = sorted(was), sorted(now)
+        if key == "target_modules" and not isinstance(now, list):
+            continue  # "all-linear" was expanded into names when saved
+        if was is not None and was != now:
+            raise ResumeError(f"resume={run_dir} trained with lora.{key}={was}, not {now}: resume with lora.{key}={was} "
+                              "(or start a new run without resume=)")
 
 
 def drop_incomplete_checkpoints(checkpoints_dir: Path) -> list[Path]:

@@ -5,6 +5,7 @@ the data, build the model, train, save, push, return the objective that a
 --multirun sweeper minimises.
 """
 
+import dataclasses
 import json
 import logging
 import sys
@@ -16,18 +17,23 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from pricer import naming
-from pricer.config import ConfigError, RunConfig, validate
+from pricer.config import ConfigError, RunConfig, sweep_objective, validate
 from pricer.data import DataError
 from pricer.logs import install_log_filters
-from pricer.resume import ResumeError, find_resumable, owner, read_run, write_run
+from pricer.resume import ResumeError, check_same_adapter_shape, find_resumable, owner, read_run, write_run
 
 log = logging.getLogger("pricer")
+REPORTED = ("val/price_error", "test/price_error", "test/hit_rate")  # shown beside a sweep's objective
 OmegaConf.register_new_resolver("pricer_run_dir", naming.claim_run_dir, replace=True)  # hydra.run.dir: one dir per run
 
 
 def train(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run = validate(cfg, choices=dict(hydra_cfg.runtime.choices))  # fails here, before any download
+    if hydra_cfg.mode == RunMode.MULTIRUN and sweep_objective(run.optimized_metric) != run.optimized_metric:
+        log.info("sweep: selecting on %s (held-out validation items), %s is the report",
+                 sweep_objective(run.optimized_metric), run.optimized_metric)
+        run = dataclasses.replace(run, optimized_metric=sweep_objective(run.optimized_metric))
     from pricer import tracking, trial
     from pricer.interrupt import Interrupted
 
@@ -55,6 +61,7 @@ def train(cfg: DictConfig) -> float:
         metrics = fit(run, model, tokenizer, data, run_dir, meta, report_to)
         tracking.log_summary(run.tracking["backend"], metrics, images=[run_dir / "adapter" / "price_chart.png"])
         write_card_and_push(run, run_dir, meta, config_yaml, metrics)
+        trial.set_trial_attrs(**{k: metrics[k] for k in REPORTED if k in metrics})  # pricer.compare's columns
         status = "finished"
     except Interrupted:
         status = "interrupted"
@@ -95,6 +102,7 @@ def start_or_resume(run: RunConfig, hydra_cfg) -> tuple[Path, dict]:
     overrides = sorted(o for o in hydra_cfg.overrides.task if not o.startswith("resume="))
     previous = find_resumable(run.resume, Path(run.output_root), overrides) if run.resume else None
     if previous is not None:
+        check_same_adapter_shape(previous, run.lora)
         log.info("resuming %s (this attempt's own log: %s)", previous, hydra_cfg.runtime.output_dir)
         write_run(previous, status="running", resumed=read_run(previous).get("resumed", 0) + 1, **owner())
         return previous, read_run(previous)
@@ -174,10 +182,9 @@ def fit(run: RunConfig, model, tokenizer, data, run_dir: Path, meta: dict, repor
     """Train with TRL (continuing from the last checkpoint if there is one), save the final adapter."""
     from pricer import speed, trial
     from pricer.evaluate import evaluate_model, price_eval_callback, score_validation
-    from pricer.interrupt import Interrupted, StopOnSignal
+    from pricer.interrupt import Interrupted, RaiseOnSignal, StopOnSignal
     from pricer.modeling import build_lora_config
     from pricer.push import CheckpointKeeper
-    from pricer.resume import complete_checkpoints, drop_incomplete_checkpoints
     from pricer.training import build_sft_config, build_trainer
 
     checkpoints_dir = run_dir / "checkpoints"
@@ -213,34 +220,60 @@ def fit(run: RunConfig, model, tokenizer, data, run_dir: Path, meta: dict, repor
         if run.compile:
             speed.compile_layers(trainer.model)
     trainable = log_sizes(trainer, args)
+    adapter_dir = run_dir / "adapter"
+    # set once training ended: a resume then only evaluates
+    training = read_run(run_dir).get("trained") if (run_dir / "run.json").exists() else None
+    if training and (adapter_dir / "adapter_model.safetensors").exists():
+        from pricer.modeling import load_adapter_weights
+
+        log.info("training ended at step %d in an earlier attempt: evaluating its adapter only", training["train_steps"])
+        load_adapter_weights(trainer.model, adapter_dir)
+    else:
+        training = train_and_save(trainer, tokenizer, stopper, keeper, checkpoints_dir, adapter_dir)
+        write_run(run_dir, trained=training)
+        if stopper.signum is not None:  # came while the adapter was saved: it is, so a resume evaluates
+            raise Interrupted(stopper.signum, training["train_steps"], evaluating=True)
+    with RaiseOnSignal(training["train_steps"]):
+        scores = evaluate_model(trainer.model, tokenizer, *data["test"], adapter_dir, data["train_prices"],
+                                evaluation["top_k"], evaluation["batch_tokens"], title=meta["project_run_name"])
+        if "val" in data:
+            scores |= score_validation(trainer.model, tokenizer, *data["val"], evaluation["top_k"],
+                                       evaluation["batch_tokens"])
+    return scores | training | {"trainable_params": trainable}
+
+
+def train_and_save(trainer, tokenizer, stopper, keeper, checkpoints_dir: Path, adapter_dir: Path) -> dict:
+    """Train (from the last complete checkpoint, if any) and save the final adapter; the run's
+    training numbers. A signal stops training at a saved checkpoint (Interrupted); one that comes
+    after the last step is held until the adapter is saved."""
+    from pricer import trial
+    from pricer.interrupt import Interrupted
+    from pricer.resume import complete_checkpoints, drop_incomplete_checkpoints
+
     drop_incomplete_checkpoints(checkpoints_dir)
     last = complete_checkpoints(checkpoints_dir)[-1:] if checkpoints_dir.exists() else []
     if last:
         log.info("continuing from %s", last[0])
     stopper.install()
     try:
-        result = trainer.train(resume_from_checkpoint=str(last[0]) if last else None)
+        try:
+            result = trainer.train(resume_from_checkpoint=str(last[0]) if last else None)
+        finally:
+            keeper.close()  # pushes queued checkpoints, however training ended
+        if stopper.signum is not None and trainer.state.global_step < trainer.state.max_steps:
+            raise Interrupted(stopper.signum, trainer.state.global_step)
+        trial.raise_if_pruned()  # after the trainer's own shutdown: a pruned trial keeps its checkpoint
+        trainer.model.save_pretrained(adapter_dir)  # the adapter only, a few MB
+        tokenizer.save_pretrained(adapter_dir)
     finally:
         stopper.restore()
-        keeper.close()  # pushes queued checkpoints, however training ended
-    if stopper.signum is not None:
-        raise Interrupted(stopper.signum, trainer.state.global_step)
-    trial.raise_if_pruned()  # after the trainer's own shutdown: a pruned trial keeps its checkpoint
-    adapter_dir = run_dir / "adapter"
-    trainer.model.save_pretrained(adapter_dir)  # the adapter only, a few MB
-    tokenizer.save_pretrained(adapter_dir)
-    scores = evaluate_model(trainer.model, tokenizer, *data["test"], adapter_dir, data["train_prices"],
-                            evaluation["top_k"], evaluation["batch_tokens"], title=meta["project_run_name"])
-    if "val" in data:
-        scores |= score_validation(trainer.model, tokenizer, *data["val"], evaluation["top_k"], evaluation["batch_tokens"])
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return scores | {
+    return {
         "train_loss": result.training_loss,
         "first_logged_loss": losses[0] if losses else float("nan"),
         "last_logged_loss": losses[-1] if losses else float("nan"),
         "train_steps": result.global_step,
         "train_runtime_s": result.metrics.get("train_runtime", float("nan")),
-        "trainable_params": trainable,
     }
 
 

@@ -1,6 +1,8 @@
 """Each bad input gives one line naming the key and the fix, before any download."""
 
 import json
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,12 +71,29 @@ BAD_CONFIGS = [
 
 
 @pytest.mark.parametrize(("overrides", "message"), BAD_CONFIGS, ids=[" ".join(o) or "defaults" for o, _ in BAD_CONFIGS])
-def test_bad_config_is_one_clear_line(overrides: list[str], message: str) -> None:
-    cfg, choices = compose_train(overrides)
-    with pytest.raises(ConfigError) as err:
+def test_bad_config_is_one_clear_line(overrides: list[str], message: str, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """The real command, `python -m pricer.train ...` (runpy runs the module as __main__ as -m does), in
+    this process to keep the table quick: exit code 2, one `error:` line naming the key, no model
+    loaded, no run dir left."""
+    import runpy
+
+    import transformers
+
+    loads, original = [], transformers.AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *args, **kwargs: loads.append(args) or original(*args, **kwargs))
+    monkeypatch.setattr(sys, "argv", ["pricer.train", *overrides, f"output_root={tmp_path}"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module("pricer.train", run_name="__main__", alter_sys=True)
+    assert exit_.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0], errors
+    assert not loads, "refused before any model load"
+    assert not list(tmp_path.glob("runs/*")), "no run dir left behind"
+    cfg, choices = compose_train(overrides)  # and the validator alone says the same
+    with pytest.raises(ConfigError, match=re.escape(message)):
         validate(cfg, choices)
-    assert message in str(err.value)
-    assert "\n" not in str(err.value)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> str:

@@ -29,11 +29,11 @@ def test_grid_over_dropout(tmp_path: Path, hub_stand_in) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
 
     summary = yaml.safe_load((sweep_dir / "summary.yaml").read_text())
-    assert summary["metric"] == "test/price_error"
+    assert summary["metric"] == "val/price_error", "a --multirun selects on the validation slice, not the test set"
     dropouts = [o.split("=")[1] for job in summary["jobs"] for o in job["overrides"].split() if o.startswith("lora.lora_dropout=")]
     assert sorted(dropouts) == ["0.05", "0.1", "0.2"]
     assert all(job["status"] == "COMPLETED" and job["objective"] > 0 for job in summary["jobs"])
-    assert "sweep summary (test/price_error" in out.stdout + out.stderr
+    assert "sweep summary (optimised: val/price_error" in out.stdout + out.stderr
 
     assert len(hub_stand_in.repos) == 3 and all(repo.private for repo in hub_stand_in.repos.values())
     names = [repo_id.split("/")[1] for repo_id in hub_stand_in.repos]
@@ -43,9 +43,11 @@ def test_grid_over_dropout(tmp_path: Path, hub_stand_in) -> None:
     assert all(group in record for record in records)
     assert all(sum(name.encode() in record for record in records) == 1 for name in names)
     assert sorted(p.name for p in sweep_dir.glob("*/adapter")) == ["adapter"] * 3
-    for job in summary["jobs"]:  # what each run returned is its own test/price_error
+    for job in summary["jobs"]:  # each run returned its validation score; its test score is the report beside it
         written = json.loads((sweep_dir / str(job["job"]) / "adapter" / "metrics.json").read_text())
-        assert job["objective"] == pytest.approx(written["test/price_error"])
+        assert job["objective"] == pytest.approx(written["val/price_error"])
+        assert job["test/price_error"] == pytest.approx(written["test/price_error"])
+        assert written["val/items"] == 100 and written["test/items"] == 250
 
 
 @pytest.mark.slow
@@ -78,5 +80,9 @@ def test_optuna_sweep_of_the_real_trainer(tmp_path: Path) -> None:
         assert {"optimizer.learning_rate", "lora.lora_dropout", "scheduler", "lora"} <= set(trial.params)
         assert trial.user_attrs["wandb_run"].startswith("pricer-")
         assert trial.intermediate_values  # eval_price_error reported at steps 4 and 8
+    for trial in study.trials:  # the sampler saw validation scores only; the test score rides along
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert trial.value == pytest.approx(trial.user_attrs["val/price_error"])
+            assert "test/price_error" in trial.user_attrs
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(study.best_value)

@@ -163,3 +163,37 @@ def test_hub_down_all_run_then_pricer_push_sends_everything(tmp_path: Path, hub_
     assert files["adapter_model.safetensors"] == (run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
     again = subprocess.run([sys.executable, "-m", "pricer.push", str(run_dir)], cwd=ROOT, capture_output=True, text=True)
     assert "nothing: all up to date" in again.stdout
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_final_evaluation_resumes_the_evaluation_only(tmp_path: Path) -> None:
+    """Training is done when the signal comes: exit 143, run.json says interrupted and trained; resume=auto
+    loads the saved adapter and evaluates, training no step more (the last checkpoint stays step 24)."""
+    slow_eval = ["evaluation.test_items=300", "evaluation.batch_tokens=256"]  # ~60 small batches: seconds to hit
+    args = [*[a for a in RUN if not a.startswith("evaluation.test_items=")], *slow_eval, f"output_root={tmp_path}"]
+    run_dir = tmp_path / "runs" / "first"
+    first = Training([*args, f"hydra.run.dir={run_dir}"])
+    first.wait_for_step(24)  # the last step: the signal lands in the final save or the evaluation
+    first.proc.send_signal(signal.SIGTERM)
+    code, err = first.finish()
+    assert code == 128 + signal.SIGTERM, err[-2000:]
+    assert "error: interrupted by SIGTERM at step 24: training finished, adapter saved" in err
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["status"] == "interrupted" and meta["trained"]["train_steps"] == 24
+    assert not (run_dir / "adapter" / "metrics.json").exists()
+    adapter = (run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
+
+    again = run_cli([*args, "resume=auto", f"hydra.run.dir={tmp_path}/runs/second"])
+    assert again.returncode == 0, again.stderr[-2000:]
+    output = again.stdout + again.stderr
+    assert "training ended at step 24 in an earlier attempt: evaluating its adapter only" in output
+    assert "continuing from" not in output and "/24 [" not in output, "not one step trained"
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("checkpoint-*")) == ["checkpoint-16", "checkpoint-24"]
+    assert (run_dir / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
+    metrics = json.loads((run_dir / "adapter" / "metrics.json").read_text())
+    assert metrics["train_steps"] == 24 and metrics["test/items"] == 300
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+    from pricer.evaluate import main as evaluate_cli  # the resumed score is the saved adapter's own
+
+    rescored = evaluate_cli([str(run_dir), "--out", str(tmp_path / "eval")])
+    assert rescored["test/price_error"] == pytest.approx(metrics["test/price_error"], rel=1e-5)

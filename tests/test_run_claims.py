@@ -112,3 +112,41 @@ def test_bad_input_is_one_line_and_leaves_no_run_dir(tmp_path: Path, overrides: 
     assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
     assert "Loading weights" not in out.stderr, "refused before any model load"
     assert not list((tmp_path / "runs").glob("*")), "no orphan run dir"
+
+
+def fake_checkpoint(run_dir: Path, step: int, truncate: bool = False, r: int = 16) -> Path:
+    """A checkpoint as the Trainer leaves it, as far as resuming reads it."""
+    import torch
+    from safetensors.torch import save_file
+
+    checkpoint = run_dir / "checkpoints" / f"checkpoint-{step}"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (checkpoint / "adapter_config.json").write_text(json.dumps({"r": r, "lora_alpha": 2 * r, "target_modules": ["v_proj", "q_proj"]}))
+    weights = checkpoint / "adapter_model.safetensors"
+    save_file({"lora_A": torch.zeros(r, 64)}, str(weights))
+    if truncate:  # a full disk mid-copy: the header promises more bytes than the file has
+        weights.write_bytes(weights.read_bytes()[:-100])
+    return checkpoint
+
+
+def test_a_truncated_adapter_falls_back_to_the_previous_checkpoint(tmp_path: Path) -> None:
+    from pricer.resume import complete_checkpoints, drop_incomplete_checkpoints
+
+    fake_checkpoint(tmp_path, 8)
+    fake_checkpoint(tmp_path, 16, truncate=True)
+    assert [p.name for p in complete_checkpoints(tmp_path / "checkpoints")] == ["checkpoint-8"]
+    assert [p.name for p in drop_incomplete_checkpoints(tmp_path / "checkpoints")] == ["checkpoint-16"]
+
+
+def test_resuming_with_another_lora_shape_is_one_line_before_any_load(tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / "r16"
+    fake_checkpoint(run_dir, 8, r=16)
+    write_run(run_dir, run_name="r16", status="interrupted", overrides=["experiment=demo"])
+    out = run_cli(["experiment=demo", "lora.r=8", f"resume={run_dir}", f"output_root={tmp_path}"])
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: resume={run_dir} trained with lora.r=16, not 8: resume with lora.r=16 "
+                      "(or start a new run without resume=)"], out.stderr[-2000:]
+    assert "Loading weights" not in out.stderr
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["r16"], "the refused attempt left no dir"

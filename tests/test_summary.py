@@ -7,6 +7,7 @@ import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
+from pricer.config import sweep_objective
 from pricer.summary import SweepSummary
 
 
@@ -26,6 +27,6 @@ def test_summary_ranks_best_first_in_the_metrics_direction(tmp_path: Path, metri
         finish(summary, tmp_path, metric, num, value)
     summary.on_multirun_end(OmegaConf.create({"optimized_metric": metric, "hydra": {"sweep": {"dir": str(tmp_path)}}}))
     written = yaml.safe_load((tmp_path / "summary.yaml").read_text())
-    assert written["metric"] == metric
+    assert written["metric"] == sweep_objective(metric) == metric.replace("test/", "val/"), "ranked on validation"
     assert [job["job"] for job in written["jobs"]] == order
     assert written["jobs"][-1]["status"] == "FAILED" and written["jobs"][-1]["objective"] is None
