@@ -48,13 +48,14 @@ def evaluate_model(
     top_k: int = DEFAULT_TOP_K,
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     title: str = "pricer",
+    max_length: int | None = None,
 ) -> dict[str, Any]:
     """Predict, score, write metrics.json and price_chart.png in `out_dir`; return the metrics.
 
     Keys are `test/...` for the model and `baseline/...` for always guessing the
     mean of `train_prices`, side by side so a reader sees whether the model beats it.
     """
-    guesses = predict_prices(model, tokenizer, prompts, top_k, batch_tokens)
+    guesses = predict_prices(model, tokenizer, prompts, top_k, batch_tokens, max_length=max_length)
     test = price_metrics(guesses, prices)
     metrics = _prefixed("test", test)
     if train_prices:
@@ -67,9 +68,10 @@ def evaluate_model(
 
 
 def score_validation(model, tokenizer, prompts: list[str], prices: list[float], top_k: int = DEFAULT_TOP_K,
-                     batch_tokens: int = DEFAULT_BATCH_TOKENS) -> dict[str, Any]:
+                     batch_tokens: int = DEFAULT_BATCH_TOKENS, max_length: int | None = None) -> dict[str, Any]:
     """`val/...` metrics of the held-out slice: what a sweep selects on, so the test set stays a report."""
-    return _prefixed("val", price_metrics(predict_prices(model, tokenizer, prompts, top_k, batch_tokens), prices))
+    guesses = predict_prices(model, tokenizer, prompts, top_k, batch_tokens, max_length=max_length)
+    return _prefixed("val", price_metrics(guesses, prices))
 
 
 def price_eval_callback(
@@ -79,6 +81,7 @@ def price_eval_callback(
     every_steps: int,
     top_k: int = DEFAULT_TOP_K,
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    max_length: int | None = None,
 ):
     """A TrainerCallback scoring `prompts` every `every_steps` optimizer steps.
 
@@ -95,7 +98,7 @@ def price_eval_callback(
     class PriceEval(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
             if state.global_step % every_steps == 0:
-                guesses = predict_prices(model, tokenizer, prompts, top_k, batch_tokens, values)
+                guesses = predict_prices(model, tokenizer, prompts, top_k, batch_tokens, values, max_length)
                 metrics = price_metrics(guesses, prices)
                 trainer.log({f"eval_{key}": metrics[key] for key in LOGGED_DURING_TRAINING})
 
@@ -145,7 +148,7 @@ def run_config(source: str | None, revision: str | None, overrides: list[str]) -
         if groups:
             raise SystemExit(f"{groups}: a saved run config takes dotted keys, e.g. hardware.accelerator=cpu")
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
-    groups = ("model", "quant", "hardware", "data", "evaluation")
+    groups = ("model", "quant", "hardware", "data", "evaluation", "training")
     return {group: OmegaConf.to_container(cfg[group], resolve=True) for group in groups if group in cfg}
 
 
@@ -282,7 +285,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if adapter and (Path(adapter) / "adapter" / "adapter_config.json").exists():
         adapter = str(Path(adapter) / "adapter")  # a run dir keeps its final adapter in adapter/
     model, tokenizer = load_for_eval(config, adapter, args.revision)
-    metrics = evaluate_model(model, tokenizer, prompts, prices, out, train_prices, top_k, batch_tokens, name)
+    max_length = config.get("training", {}).get("max_length")  # as the run cut its training prompts
+    metrics = evaluate_model(model, tokenizer, prompts, prices, out, train_prices, top_k, batch_tokens, name, max_length)
     print(f"{name}: {summary_line(_unprefixed('test', metrics))}")
     print(f"constant mean ${metrics['baseline/guess']:,.2f}: {summary_line(_unprefixed('baseline', metrics))}")
     print(f"wrote {out / METRICS_FILE} and {out / CHART_FILE}")

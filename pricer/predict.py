@@ -187,6 +187,16 @@ def generate_prices(
     return guesses
 
 
+def cut_to_length(sequences: list[list[int]], max_length: int | None, tail: int) -> list[list[int]]:
+    """Prompts longer than training's max_length, cut as training cuts them (the start kept), but
+    with their last `tail` tokens (`Price is $`) kept too, so the cut prompt still asks for a price.
+    Unbounded, one 50k-word test text made an evaluation take 441 s instead of ~10."""
+    if max_length is None:
+        return sequences
+    keep = max(max_length - tail, 1)
+    return [s if len(s) <= max_length else s[:keep] + s[-tail:] for s in sequences]
+
+
 def predict_prices(
     model,
     tokenizer,
@@ -194,13 +204,16 @@ def predict_prices(
     top_k: int = DEFAULT_TOP_K,
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     values: torch.Tensor | None = None,
+    max_length: int | None = None,
 ) -> list[float]:
     """One price per prompt (each ending at `Price is $`), in the prompts' order.
 
     `values` (from `number_token_values`) can be passed by callers that predict
-    repeatedly, so the tokenizer is inspected once.
+    repeatedly, so the tokenizer is inspected once. `max_length`: training's, to cut
+    longer prompts to (cut_to_length).
     """
-    sequences = tokenizer(prompts)["input_ids"]
+    tail = len(tokenizer("\n\nPrice is $", add_special_tokens=False)["input_ids"])
+    sequences = cut_to_length(tokenizer(prompts)["input_ids"], max_length, tail)
     if values is None:
         values = number_token_values(tokenizer)
     was_training = model.training

@@ -213,7 +213,7 @@ def fit(run: RunConfig, model, tokenizer, data, run_dir: Path, meta: dict, repor
     evaluation = run.evaluation
     if evaluation["eval_steps"]:
         trainer.add_callback(price_eval_callback(trainer, *data["val"], evaluation["eval_steps"],
-                                                 evaluation["top_k"], evaluation["batch_tokens"]))
+                                                 evaluation["top_k"], evaluation["batch_tokens"], run.sft["max_length"]))
     if run.auto_batch_size or run.compile:
         if run.auto_batch_size:  # before compiling: the probe then measures eager memory, the safe side
             speed.set_batch_size(trainer, speed.pick_batch_size(speed.step_runner(trainer), run.memory_gib))
@@ -235,10 +235,11 @@ def fit(run: RunConfig, model, tokenizer, data, run_dir: Path, meta: dict, repor
             raise Interrupted(stopper.signum, training["train_steps"], evaluating=True)
     with RaiseOnSignal(training["train_steps"]):
         scores = evaluate_model(trainer.model, tokenizer, *data["test"], adapter_dir, data["train_prices"],
-                                evaluation["top_k"], evaluation["batch_tokens"], title=meta["project_run_name"])
+                                evaluation["top_k"], evaluation["batch_tokens"], title=meta["project_run_name"],
+                                max_length=run.sft["max_length"])
         if "val" in data:
             scores |= score_validation(trainer.model, tokenizer, *data["val"], evaluation["top_k"],
-                                       evaluation["batch_tokens"])
+                                       evaluation["batch_tokens"], run.sft["max_length"])
     return scores | training | {"trainable_params": trainable}
 
 

@@ -150,3 +150,26 @@ def test_general_path_generates_and_parses():
         model.model.norm.weight.zero_()  # all logits equal: greedy picks id 0, the digit 7
     guesses = predict_prices(model, tokenizer, ["Price is $", "A much longer prompt. Price is $"])
     assert guesses == [7777.0, 7777.0]  # four new tokens, each "7"
+
+
+def test_a_prompt_longer_than_training_is_cut_and_still_asks_for_the_price(tiny, prompts):
+    """A 50k-word description is cut to max_length as training cuts it (the start kept) but keeps its
+    `Price is $` ending: the guess is the cut prompt's, and no forward pass sees more than max_length."""
+    model, tokenizer = tiny
+    head, ending = prompts[0].rsplit("\n\nPrice is $", 1)
+    long_prompt = head + " lorem" * 50_000 + "\n\nPrice is $" + ending
+    ids = tokenizer([long_prompt])["input_ids"][0]
+    tail = len(tokenizer("\n\nPrice is $", add_special_tokens=False)["input_ids"])
+    assert len(ids) > 50_000 and tokenizer.decode(ids[-tail:]).endswith("Price is $")
+    cut = ids[: 182 - tail] + ids[-tail:]
+    values = number_token_values(tokenizer)
+    want = predict_ids(model, [cut], values, pad_id=tokenizer.pad_token_id)
+    seen = []
+    hook = model.model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape[1]),
+                                                 with_kwargs=True)
+    try:
+        got = predict_prices(model, tokenizer, [long_prompt, prompts[1]], max_length=182)
+    finally:
+        hook.remove()
+    assert got[0] == pytest.approx(want[0]) and max(seen) == 182
+    assert got[1] == pytest.approx(predict_prices(model, tokenizer, [prompts[1]])[0]), "short prompts are untouched"
