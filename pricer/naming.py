@@ -8,6 +8,7 @@ takes the next suffix. Names stay valid Hub repo ids.
 
 import os
 import re
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -37,14 +38,21 @@ def claim_run_dir(output_root: str, start: datetime | None = None) -> str:
     """
     if output_root not in _claimed:
         start = start or datetime.now()
-        while True:
-            name = claim_run_name(start, Path(output_root) / ".run_names")
-            run_dir = Path(output_root) / "runs" / name
-            try:
-                run_dir.mkdir(parents=True)
-                break
-            except FileExistsError:
-                continue  # a dir left without its marker (the registry was cleaned): take the next name
+        try:
+            while True:
+                name = claim_run_name(start, Path(output_root) / ".run_names")
+                run_dir = Path(output_root) / "runs" / name
+                try:
+                    run_dir.mkdir(parents=True)
+                    break
+                except FileExistsError:
+                    continue  # a dir left without its marker (the registry was cleaned): take the next name
+        except OSError as err:
+            # Hydra resolves hydra.run.dir before pricer's own checks run, and would wrap any exception in
+            # a traceback of its own: this is the one place to say it in a line.
+            print(f"error: output_root={output_root} cannot hold runs ({type(err).__name__}: {err.strerror}): "
+                  "pass output_root=A_WRITABLE_FOLDER", file=sys.stderr)
+            raise SystemExit(2) from None
         _claimed[output_root] = run_dir
     return str(_claimed[output_root])
 

@@ -150,3 +150,14 @@ def test_resuming_with_another_lora_shape_is_one_line_before_any_load(tmp_path: 
                       "(or start a new run without resume=)"], out.stderr[-2000:]
     assert "Loading weights" not in out.stderr
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["r16"], "the refused attempt left no dir"
+
+
+def test_an_output_root_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "outputs"
+    not_a_dir.write_text("a file, not a folder")
+    out = run_cli(["experiment=demo", f"output_root={not_a_dir}"])
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert lines == [f"error: output_root={not_a_dir} cannot hold runs (NotADirectoryError: Not a directory): "
+                     "pass output_root=A_WRITABLE_FOLDER"], out.stderr[-2000:]
+    assert not_a_dir.read_text() == "a file, not a folder"
