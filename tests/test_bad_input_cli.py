@@ -70,6 +70,7 @@ SWEEPS = [  # python -m pricer.train experiment=demo sweep=tpe output_root={tmp}
      "search-space value lora.lora_dropout=1.5: lora.lora_dropout=1.5 must lie in [0, 1)"),
     (["lora.lora_dropout=interval(0.0, 1.0)"], "search-space value lora.lora_dropout=1.0: lora.lora_dropout=1.0 must lie"),
     (["lora=choice(r8, r99)"], "search-space value lora=r99: In 'train': Could not find 'lora/r99'"),
+    (["evaluation.eval_steps=null"], "a pruner needs a validation score during training: set evaluation.eval_steps=N"),
 ]
 
 

@@ -124,13 +124,20 @@ class PricerOptunaSweeper(Sweeper):
 
         install_log_filters()  # validate imports bitsandbytes, whose import notice asks for nothing useful
         base = [f"{key}={value}" for key, value in fixed.items()]
-        self._check_job_config(base, "")
+        job = self._check_job_config(base, "")
+        pruning = not str(self.pruner_cfg.get("_target_", "")).endswith("NopPruner")
+        scored = OmegaConf.select(job, "evaluation.eval_steps") or "evaluation.eval_steps" in space
+        if pruning and not scored:
+            # without a validation score during training the pruner would read the train loss: not the
+            # objective, and the wrong way round for a maximised one (hit rate)
+            raise _space.SweepConfigError("a pruner needs a validation score during training: set evaluation.eval_steps=N "
+                                          "(e.g. 200), or pass hydra/sweeper/pruner=none")
         for key, dist in space.items():
             for value in _space.edges(dist):
                 override = f"{key}={_space.override_value(value)}"
                 self._check_job_config([*base, override], f"search-space value {override}: ")
 
-    def _check_job_config(self, overrides: list[str], where: str) -> None:
+    def _check_job_config(self, overrides: list[str], where: str) -> DictConfig:
         """The job's config composed as the launcher will compose it, validated without machine checks."""
         from hydra.errors import HydraException
         from omegaconf import open_dict, read_write
@@ -147,6 +154,7 @@ class PricerOptunaSweeper(Sweeper):
             validate(cfg, choices, check_machine=False)
         except (ConfigError, HydraException) as err:
             raise _space.SweepConfigError(f"{where}{str(err).strip().splitlines()[0]}") from None
+        return cfg
 
     def _check_direction(self, metric: str | None) -> None:
         """A study that minimises a hit rate would look for the worst runs: refuse it before any trial."""
