@@ -6,7 +6,6 @@ final commit of the adapter, tokenizer and a model card with the resolved config
 the metrics. Tokens come from the environment only and are never written here.
 """
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -56,39 +55,45 @@ def checked_account(hf_user: str | None, attempts: int, wait_s: float) -> str:
     return hf_user or account
 
 
-def model_card(
-    repo_id: str, base_model: str, dataset: str, run_name: str, config_yaml: str, metrics: dict[str, Any]
-) -> str:
-    """A model card: Hub metadata up top, then what a reader needs to reproduce the run."""
-    rows = "\n".join(f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
-                     for key, value in metrics.items())
-    # json.dumps quotes as YAML reads it: a local path or a name with ': ' stays one string.
-    return f"""---
-base_model: {json.dumps(base_model)}
-library_name: peft
-pipeline_tag: text-generation
-tags: [pricer, qlora, lora, trl, sft]
-datasets: [{json.dumps(dataset)}]
+CARD_TEMPLATE = """---
+{{ card_data }}
 ---
 
-# {repo_id.split('/')[-1]}
+# {{ title }}
 
-A LoRA adapter for [{base_model}](https://huggingface.co/{base_model}) trained by
+A LoRA adapter for [{{ base_model }}](https://huggingface.co/{{ base_model }}) trained by
 pricer (QLoRA with TRL, composed with Hydra) to read a product description and answer its price
-(`Price is $...`). Run `{run_name}`, dataset `{dataset}`.
+(`Price is $...`). Run `{{ run_name }}`, dataset `{{ dataset }}`.
 
 ## Metrics
 
 | metric | value |
 |---|---|
-{rows}
+{{ rows }}
 
 ## Resolved config
 
 ```yaml
-{config_yaml.rstrip()}
+{{ config_yaml }}
 ```
 """
+
+
+def model_card(
+    repo_id: str, base_model: str, dataset: str, run_name: str, config_yaml: str, metrics: dict[str, Any]
+) -> str:
+    """A model card: Hub metadata up top (huggingface_hub's ModelCardData writes the YAML the Hub
+    validates), then what a reader needs to reproduce the run."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    rows = "\n".join(f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
+                     for key, value in metrics.items())
+    data = ModelCardData(base_model=base_model, library_name="peft", pipeline_tag="text-generation",
+                         tags=["pricer", "qlora", "lora", "trl", "sft"], datasets=[dataset])
+    card = ModelCard.from_template(data, template_str=CARD_TEMPLATE, title=repo_id.split("/")[-1],
+                                   base_model=base_model, run_name=run_name, dataset=dataset, rows=rows,
+                                   config_yaml=config_yaml.rstrip())
+    return str(card)
 
 
 def push_final(repo_id: str, adapter_dir: Path, private: bool) -> str:

@@ -157,21 +157,6 @@ def test_model_card_front_matter_survives_awkward_names() -> None:
     assert meta["datasets"] == ["local files"]
 
 
-def test_upload_folder_as_future_commits_in_the_background(hub_stand_in: HubStandIn, tmp_path: Path) -> None:
-    """The Trainer's every_save path: upload_folder(run_as_future=True), once per checkpoint."""
-    api = HfApi()
-    api.create_repo(REPO, private=True)
-    (tmp_path / "adapter_model.safetensors").write_bytes(b"step 5")
-
-    first = api.upload_folder(repo_id=REPO, folder_path=tmp_path, commit_message="step 5", run_as_future=True)
-    assert first.result(timeout=10).oid == hub_stand_in.repos[REPO].sha
-    again = api.upload_folder(repo_id=REPO, folder_path=tmp_path, commit_message="step 5 again", run_as_future=True)
-    again.result(timeout=10)
-
-    assert [c.message for c in hub_stand_in.commits(REPO)] == ["initial commit", "step 5"]  # unchanged: skipped
-    assert hub_stand_in.files(REPO)["adapter_model.safetensors"] == b"step 5"
-
-
 def test_fault_injection_knobs(hub_stand_in: HubStandIn, tmp_path: Path) -> None:
     """A dropped commit is retried by the client; a failed whoami is not (it raises)."""
     api = HfApi()
