@@ -4,7 +4,7 @@
     python bench/eval_throughput.py --tiny --device cpu  # a CPU smoke run of the same code
 
 The model has Llama 3.1 8B's architecture with random weights, quantized to nf4
-as QLoRA evaluates it (speed does not depend on the weights' values: SPEC §7).
+as QLoRA evaluates it (speed does not depend on the weights' values, only on the shapes).
 Prompts are synthetic token ids of 120..182 tokens (the data's range), drawn from
 ids >= 1000 so that ids 1..999 act as Llama 3's price tokens.
 """

@@ -3,8 +3,8 @@
     python bench/train_throughput.py          # GPU: Llama 3.1 8B architecture; writes BENCHMARKS.md
     python bench/train_throughput.py --tiny   # CPU: the same pipeline on a tiny Llama (checks the script)
 
-Random weights with Llama 3.1 8B's architecture (SPEC §7; speed does not depend on
-their values) are made once per run and saved with safetensors. Each configuration
+Random weights with Llama 3.1 8B's architecture (hidden 4096, 32 layers, 8 KV heads, vocab
+128,256; speed does not depend on their values) are made once per run and saved with safetensors. Each configuration
 then runs in its own process and loads them its own way: the recipe as the course
 wrote it (transformers + TRL with today's defaults), pricer's through pricer.modeling,
 pricer.training and pricer.speed with a composed hardware/quant preset. So peak
@@ -388,7 +388,7 @@ def timed_train(trainer, settings: dict, args, shape: dict, warmup: int | None =
 
 
 def recipe_trainer(model_dir: Path, data, args):
-    """The course's notebook cell as SPEC §2 writes it, in today's TRL (max_length, processing_class,
+    """The course's notebook cell (conf/train.yaml's values), in today's TRL (max_length, processing_class,
     completion-only loss on pre-tokenized items, warmup_steps as a ratio, group_by_length sampling)."""
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig

@@ -7,15 +7,16 @@ study opens live in `optuna-dashboard URL`.
 """
 
 import argparse
-import re
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
+from pricer.config import REPORTED_SCORES
+from pricer.logs import masked_url
+
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
 RUN_ATTRS = ("hub_repo", "wandb_run")  # written by the job through pricer.trial.set_trial_attrs
-SCORE_ATTRS = ("val/price_error", "test/price_error", "test/hit_rate")  # likewise: the objective's context
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 
 
@@ -61,7 +62,7 @@ def _sqlite_file(url: str) -> Path | None:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise ValueError(f"{_masked(url)} is not a storage URL: use e.g. sqlite:////abs/path/optuna.db") from None
+        raise ValueError(f"{masked_url(url)} is not a storage URL: use e.g. sqlite:////abs/path/optuna.db") from None
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     return Path(parsed.database)
@@ -78,11 +79,6 @@ def _check_sqlite_file(db: Path, target: str) -> None:
             raise ValueError(f"{target}: {db} is not an SQLite database: pass the sweep dir, its optuna.db or a storage URL")
 
 
-def _masked(url: str) -> str:
-    """The URL without its password, even one SQLAlchemy cannot parse: it goes into error lines."""
-    return re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", url)
-
-
 def _open_storage(url: str):
     """The study storage; an unreachable or unknown database is one line, after 10 s at most."""
     import optuna
@@ -94,9 +90,9 @@ def _open_storage(url: str):
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"connect_timeout": 10}} if timeout else None)
     except (sqlalchemy.exc.DatabaseError, sqlalchemy.exc.NoSuchModuleError, sqlalchemy.exc.ArgumentError) as err:
         first = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
-        raise ValueError(f"{_masked(url)}: cannot open the database ({first}): check the URL and that the server runs") from None
+        raise ValueError(f"{masked_url(url)}: cannot open the database ({first}): check the URL and that the server runs") from None
     except ImportError as err:  # Optuna's word for a missing driver (psycopg2, MySQLdb, ...)
-        raise ValueError(f"{_masked(url)}: {err.__cause__ or err}: install the database's Python driver") from None
+        raise ValueError(f"{masked_url(url)}: {err.__cause__ or err}: install the database's Python driver") from None
 
 
 def load_study(url: str, name: str | None):
@@ -138,7 +134,7 @@ def _row(trial) -> dict[str, Any]:
                            "objective": ", ".join(f"{v:.4g}" for v in values),
                            "duration": _duration(trial.duration)}
     row.update({name: _short(value) for name, value in trial.params.items()})
-    row.update({name: _short(trial.user_attrs[name]) for name in SCORE_ATTRS if name in trial.user_attrs})
+    row.update({name: _short(trial.user_attrs[name]) for name in REPORTED_SCORES if name in trial.user_attrs})
     row.update({name: trial.user_attrs[name] for name in RUN_ATTRS if trial.user_attrs.get(name)})
     row["note"] = note[:60]
     row["_values"] = values

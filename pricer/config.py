@@ -20,6 +20,7 @@ SCORES = ("price_error", "rmsle", "median_error", "hit_rate")
 # val/: the validation slice held out of the train split, for sweeps; test/: the course's report
 OBJECTIVES = (*(f"val/{s}" for s in SCORES), *(f"test/{s}" for s in SCORES), "train_loss")
 HIGHER_IS_BETTER = ("val/hit_rate", "test/hit_rate")  # the other objectives are errors and losses
+REPORTED_SCORES = ("val/price_error", "test/price_error", "test/hit_rate")  # a trial's context beside its objective
 # The prompt's fixed words ("How much does this cost to the nearest dollar?" ... "Price is $") take
 # ~16 tokens with Llama 3's tokenizer and the price ~4 more: a shorter max_length cuts every item
 # before its price, so nothing would be learned.

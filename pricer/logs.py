@@ -7,6 +7,7 @@ filter is the second line: it masks a token in any log record, e.g. a library er
 
 import logging
 import os
+import re
 import warnings
 
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
@@ -22,6 +23,11 @@ def secret_values() -> list[str]:
     except ImportError:
         pass
     return sorted({v for v in values if len(v) >= 8}, key=len, reverse=True)
+
+
+def masked_url(url: str) -> str:
+    """A database URL without its password, even one SQLAlchemy cannot parse: it goes into logs and errors."""
+    return re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", url)
 
 
 def redact(text: str, secrets: list[str]) -> str:

@@ -1,4 +1,4 @@
-"""Run names from the start time (SPEC section 2), unique even within one second.
+"""Run names from the start time, as the notebook named them, unique even within one second.
 
 Hydra starts the jobs of a multirun back to back, and sweep workers start in
 parallel: two runs can share a timestamp. A name is claimed by creating a marker

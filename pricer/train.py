@@ -17,13 +17,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from pricer import naming
-from pricer.config import ConfigError, RunConfig, sweep_objective, validate
+from pricer.config import REPORTED_SCORES, ConfigError, RunConfig, sweep_objective, validate
 from pricer.data import DataError
 from pricer.logs import install_log_filters
 from pricer.resume import ResumeError, check_same_adapter_shape, find_resumable, owner, read_run, write_run
 
 log = logging.getLogger("pricer")
-REPORTED = ("val/price_error", "test/price_error", "test/hit_rate")  # shown beside a sweep's objective
 OmegaConf.register_new_resolver("pricer_run_dir", naming.claim_run_dir, replace=True)  # hydra.run.dir: one dir per run
 
 
@@ -61,7 +60,7 @@ def train(cfg: DictConfig) -> float:
         metrics = fit(run, model, tokenizer, data, run_dir, meta, report_to)
         tracking.log_summary(run.tracking["backend"], metrics, images=[run_dir / "adapter" / "price_chart.png"])
         write_card_and_push(run, run_dir, meta, config_yaml, metrics)
-        trial.set_trial_attrs(**{k: metrics[k] for k in REPORTED if k in metrics})  # pricer.compare's columns
+        trial.set_trial_attrs(**{k: metrics[k] for k in REPORTED_SCORES if k in metrics})  # pricer.compare's columns
         status = "finished"
     except Interrupted:
         status = "interrupted"

@@ -1,6 +1,7 @@
 """Write the bundled sample dataset (pricer/sample_data/*.jsonl).
 
-The items imitate the course's pricer-data (SPEC section 3) but the price is a
+The items imitate the course's pricer-data (the same prompt, `Price is $N.00` ending and price
+range) but the price is a
 function of the text -- category, pack size and brand tier -- so a tiny model can
 learn it in a CPU demo and a falling loss means something.
 

@@ -37,7 +37,7 @@ def test_every_option_builds(group: str, option: str) -> None:
 
 
 def test_defaults_reproduce_the_notebook() -> None:
-    """SPEC section 2, value by value."""
+    """The course notebook's values (conf/train.yaml says where each comes from), value by value."""
     run, lora, bnb, sft = build_all([])
     assert run.model["pretrained_model_name_or_path"] == "meta-llama/Meta-Llama-3.1-8B"
     assert run.project == "pricer" and run.data["path"] == "ed-donner/pricer-data"

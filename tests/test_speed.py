@@ -18,7 +18,7 @@ PRESETS = {"a100": [], "a100_notebook": [], "t4": ["lora=r8"], "h100": [], "cpu"
 # reserved at batch 16).
 LIGER_BF16 = (5.84, 0.784)
 MEASURED = {"a100": LIGER_BF16, "a100_notebook": (6.2, 1.15), "h100": LIGER_BF16, "t4": (5.40, 0.098)}
-# a100_notebook, the default, keeps the notebook's batch 16 (SPEC section 2); hardware=a100 fills the card.
+# a100_notebook, the default, keeps the notebook's batch 16 on an A100 40 GB; hardware=a100 fills the card.
 NOTEBOOK_BATCH = {"a100_notebook": 16}
 NF4_CPU = dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                bnb_4bit_compute_dtype="float32")

@@ -18,7 +18,6 @@ import gc
 import logging
 import math
 import os
-import re
 import socket
 import sys
 import time
@@ -32,6 +31,7 @@ import sqlalchemy
 from hydra.core.utils import JobReturn, JobStatus
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from pricer.logs import masked_url
 from pricer.trial import NAN_AT, PRUNED_AT, open_storage
 
 from ._locks import database_lock, file_lock, heartbeat
@@ -55,18 +55,13 @@ def check_storage(url: str) -> None:
         parsed = sqlalchemy.engine.make_url(url)
         parsed.get_dialect()
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as err:
-        raise SweepConfigError(f"hydra.sweeper.storage={masked(url)} is not a database URL SQLAlchemy can open ({err}): "
+        raise SweepConfigError(f"hydra.sweeper.storage={masked_url(url)} is not a database URL SQLAlchemy can open ({err}): "
                                "use e.g. sqlite:////abs/path/optuna.db or postgresql+psycopg2://user:pass@host/db") from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         folder = Path(parsed.database).parent
         if not folder.is_dir():
             raise SweepConfigError(f"hydra.sweeper.storage={url}: folder {folder} does not exist: "
                                    "create it, or leave storage unset for optuna.db in the sweep dir")
-
-
-def masked(url: str) -> str:
-    """The URL without its password, even one SQLAlchemy cannot parse (it goes into logs and errors)."""
-    return re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", url)
 
 
 def open_study(url: str, name: str, directions: list[str], heartbeat_interval: int,
@@ -88,10 +83,10 @@ def open_study(url: str, name: str, directions: list[str], heartbeat_interval: i
             return optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True)
     except sqlalchemy.exc.DatabaseError as err:  # OperationalError too: refused, unknown host, bad file
         first = str(getattr(err, "orig", err)).strip().splitlines()[0]
-        raise SweepConfigError(f"hydra.sweeper.storage={masked(url)}: cannot open the database ({first}): "
+        raise SweepConfigError(f"hydra.sweeper.storage={masked_url(url)}: cannot open the database ({first}): "
                                "check that it runs and is reachable, or leave storage unset") from None
     except ImportError as err:  # Optuna's word for a missing driver (psycopg2, MySQLdb, ...)
-        raise SweepConfigError(f"hydra.sweeper.storage={masked(url)}: {err.__cause__ or err}: "
+        raise SweepConfigError(f"hydra.sweeper.storage={masked_url(url)}: {err.__cause__ or err}: "
                                "install the database's Python driver") from None
 
 

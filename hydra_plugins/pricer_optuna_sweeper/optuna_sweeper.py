@@ -26,6 +26,8 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from pricer.logs import masked_url
+
 log = logging.getLogger(__name__)
 
 
@@ -84,7 +86,7 @@ class PricerOptunaSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)  # multirun.yaml, the lock file, the jobs' dirs
         if not is_worker:
             OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-            log.info("study %s in %s: %d of %d trials done or running", name, _masked(url),
+            log.info("study %s in %s: %d of %d trials done or running", name, masked_url(url),
                      _study.used_count(study), n_trials)
         with env_override(self._job_env(url, name)):  # inherited by in-process jobs, workers, sbatch
             codes = self._run(study, url, n_trials, space, fixed, sweep_dir)
@@ -291,12 +293,6 @@ def _runs_in_process(launcher: Any) -> bool:
     from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 
     return isinstance(launcher, BasicLauncher)
-
-
-def _masked(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def _is_pricer_train(task_function: TaskFunction) -> bool:
