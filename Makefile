@@ -25,7 +25,7 @@ lint: ## ruff
 	$(PY) -m ruff check pricer tests bench hydra_plugins scripts
 
 bench: ## benchmarks that print numbers and write BENCHMARKS.md (eval and training need a GPU)
-	$(PY) bench/sweep_efficiency.py
+	$(PY) bench/sweep_value.py analyse bench/results/sweep_value.json --markdown BENCHMARKS.md  # re-analyse; a new run: bench/sweep_value.py run OUT --gpu
 	$(PY) bench/eval_throughput.py
 	$(PY) bench/train_throughput.py
 

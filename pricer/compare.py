@@ -16,6 +16,8 @@ from pricer.config import REPORTED_SCORES
 from pricer.logs import masked_url
 
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
+# the FrozenTrial attributes the table reads through study.trials_dataframe
+TRIAL_ATTRS = ("number", "state", "value", "duration", "params", "user_attrs", "last_step")
 RUN_ATTRS = ("hub_repo", "wandb_run")  # written by the job through pricer.trial.set_trial_attrs
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 
@@ -109,40 +111,57 @@ def load_study(url: str, name: str | None):
 
 
 def trial_rows(study) -> list[dict[str, Any]]:
-    """One dict per trial, best first: finished trials by objective, then pruned, then the rest."""
-    maximize = [d.name == "MAXIMIZE" for d in study.directions]
-    rows = [_row(t) for t in study.get_trials(deepcopy=False)]
+    """One dict per trial, best first: finished trials by objective, then pruned, then the rest.
 
-    def order(row: dict) -> tuple:
-        values = row["_values"]
-        key = (values[0] if not maximize[0] else -values[0]) if values else float("inf")
-        return STATE_ORDER.get(row["state"], 5), key, row["#"]
+    From Optuna's own `trials_dataframe` (one column per param, user attr and objective), so a new
+    param or attribute shows up without code here; only the cells are pricer's."""
+    import pandas as pd
 
-    return sorted(rows, key=order)
+    frame = study.trials_dataframe(attrs=TRIAL_ATTRS, multi_index=True)
+    if frame.empty:
+        return []
+    frame = frame.astype(object).where(frame.notna(), None)  # NaN/NaT of a missing cell: None
+    sign = -1 if study.directions[0].name == "MAXIMIZE" else 1
+    objectives = frame["values"] if "values" in frame.columns.get_level_values(0) else frame[["value"]]
+    first = pd.to_numeric(objectives.iloc[:, 0], errors="coerce").fillna(float("inf") * sign)
+    order = pd.DataFrame({"state": frame[("state", "")].map(lambda s: STATE_ORDER.get(s, 5)),
+                          "key": first * sign, "number": frame[("number", "")]})
+    rows = [_row(frame.loc[i], objectives.loc[i]) for i in order.sort_values(["state", "key", "number"]).index]
+    return rows
 
 
-def _row(trial) -> dict[str, Any]:
+def _row(trial, objectives) -> dict[str, Any]:
+    """A row of trials_dataframe(multi_index=True) as the table's cells."""
     from pricer.trial import PRUNED_AT
 
-    values = trial.values or []
-    note = trial.user_attrs.get("fail_reason", "")
-    if trial.state.name == "PRUNED":
-        note = f"pruned at step {trial.user_attrs.get(PRUNED_AT, trial.last_step)}"
-    elif trial.state.name == "FAIL" and not note:
+    attrs = _group(trial, "user_attrs")
+    values = [v for v in objectives if v is not None]
+    state = trial[("state", "")]
+    note = attrs.get("fail_reason") or ""
+    if state == "PRUNED":
+        at = attrs.get(PRUNED_AT, trial[("last_step", "")])
+        note = f"pruned at step {int(at) if at is not None else '?'}"
+    elif state == "FAIL" and not note:
         note = "interrupted (re-queued)"
-    row: dict[str, Any] = {"#": trial.number, "state": trial.state.name,
+    row: dict[str, Any] = {"#": int(trial[("number", "")]), "state": state,
                            "objective": ", ".join(f"{v:.4g}" for v in values),
-                           "duration": _duration(trial.duration)}
-    row.update({name: _short(value) for name, value in trial.params.items()})
-    row.update({name: _short(trial.user_attrs[name]) for name in REPORTED_SCORES if name in trial.user_attrs})
-    row.update({name: trial.user_attrs[name] for name in RUN_ATTRS if trial.user_attrs.get(name)})
-    row["note"] = note[:60]
-    row["_values"] = values
+                           "duration": _duration(trial[("duration", "")])}
+    row.update({name: _short(value) for name, value in _group(trial, "params").items() if value is not None})
+    row.update({name: _short(attrs[name]) for name in REPORTED_SCORES if attrs.get(name) is not None})
+    row.update({name: attrs[name] for name in RUN_ATTRS if attrs.get(name)})
+    row["note"] = str(note)[:60]
     return row
 
 
+def _group(trial, attr: str) -> dict[str, Any]:
+    """The `attr` columns of one trials_dataframe row (params, user_attrs), by their second name."""
+    if attr not in trial.index.get_level_values(0):
+        return {}
+    return {name: value for (group, name), value in trial.items() if group == attr}
+
+
 def _duration(delta) -> str:
-    if delta is None:
+    if delta is None or delta != delta:  # NaT too
         return ""
     seconds = delta.total_seconds()
     if seconds < 60:

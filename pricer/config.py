@@ -7,14 +7,13 @@ into a run deep inside TRL.
 
 import difflib
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass
+from pathlib import Path
 from types import UnionType
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
 
-# Keys of the `hardware` group that are pricer's own; the rest go to SFTConfig.
-HARDWARE_KEYS = ("accelerator", "memory_gib", "compute_dtype", "liger", "compile", "lean_4bit")
 COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
 SCORES = ("price_error", "rmsle", "median_error", "hit_rate")
 # val/: the validation slice held out of the train split, for sweeps; test/: the course's report
@@ -28,38 +27,144 @@ MIN_MAX_LENGTH = 24
 QUANT_TYPES = ("nf4", "fp4")  # bitsandbytes' 4-bit data types
 
 
-NONE = type(None)
-# pricer's own groups (the others are checked against the library's fields): key -> allowed types.
-SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
-    "": {"project": (str,), "seed": (int,), "optimized_metric": (str,), "output_root": (str,), "resume": (str, NONE)},
-    "model": {
-        "pretrained_model_name_or_path": (str,), "revision": (str, NONE), "trust_remote_code": (bool,),
-        "attn_implementation": (str,), "build_tiny": (bool,),
-    },
-    "data": {"path": (str,), "revision": (str, NONE), "data_files": (dict, NONE), "max_train_samples": (int, NONE)},
-    "hub": {
-        "push": (bool,), "hf_user": (str, NONE), "private": (bool,), "hub_strategy": (str,),
-        "push_attempts": (int,), "push_wait_s": (int, float),
-    },
-    "tracking": {"backend": (str,), "project": (str,), "entity": (str, NONE), "tags": (list,)},
-    "evaluation": {
-        "test_items": (int,), "top_k": (int,), "batch_tokens": (int,), "eval_steps": (int, NONE), "val_items": (int,),
-    },
-    "hardware": {
-        "accelerator": (str,), "memory_gib": (int, float), "compute_dtype": (str,), "bf16": (bool,), "fp16": (bool,),
-        "per_device_train_batch_size": (int, str), "gradient_checkpointing": (bool,), "liger": (bool,), "compile": (bool,),
-        "lean_4bit": (bool,), "dataloader_num_workers": (int,),
-    },
-}
-LIBRARY_GROUPS = ("lora", "quant", "optimizer", "scheduler", "training")
-POSITIVE = [("evaluation", "test_items"), ("evaluation", "top_k"), ("evaluation", "batch_tokens"),
-            ("evaluation", "val_items"), ("hub", "push_attempts"), ("hardware", "memory_gib")]
-CHOICES = {
-    ("hub", "hub_strategy"): ("every_save", "end"),
-    ("tracking", "backend"): ("wandb", "none"),
-    ("hardware", "compute_dtype"): COMPUTE_DTYPES,
-    ("hardware", "accelerator"): ("cuda", "cpu"),
-}
+class Mark(str):
+    """A note on a schema field, read by `_check_value` from `Annotated[type, MARK]`."""
+
+
+POSITIVE = Mark("positive")  # the value must be > 0; null passes where the type allows it
+TO_SFT = Mark("SFTConfig field")  # a hardware key that goes to trl.SFTConfig, not to pricer
+
+
+# pricer's own groups, typed. No defaults here: conf/ holds every value, so a key a file
+# forgot is an error naming it, not a silent second default.
+@dataclass(frozen=True)
+class Model:
+    pretrained_model_name_or_path: str
+    revision: str | None
+    trust_remote_code: bool
+    attn_implementation: str
+    build_tiny: bool
+
+
+@dataclass(frozen=True)
+class Data:
+    path: str
+    revision: str | None
+    data_files: dict | None
+    max_train_samples: Annotated[int, POSITIVE] | None
+
+
+@dataclass(frozen=True)
+class Hub:
+    push: bool
+    hf_user: str | None
+    private: bool
+    hub_strategy: Literal["every_save", "end"]
+    push_attempts: Annotated[int, POSITIVE]
+    push_wait_s: float
+
+
+@dataclass(frozen=True)
+class WandbTracking:
+    backend: Literal["wandb"]
+    project: str
+    entity: str | None
+    tags: list
+
+
+@dataclass(frozen=True)
+class NoTracking:
+    """tracking=none has nothing but its backend."""
+
+    backend: Literal["none"]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    test_items: Annotated[int, POSITIVE]
+    top_k: Annotated[int, POSITIVE]
+    batch_tokens: Annotated[int, POSITIVE]
+    eval_steps: Annotated[int, POSITIVE] | None  # null: no evaluation during training
+    val_items: Annotated[int, POSITIVE]
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Every preset sets every key, so none inherits another card's batch or dtype by accident.
+    The TO_SFT keys go to SFTConfig (and are checked against it too); the rest are pricer's."""
+
+    accelerator: Literal["cuda", "cpu"]
+    memory_gib: Annotated[float, POSITIVE]
+    compute_dtype: Literal[COMPUTE_DTYPES]
+    liger: bool
+    compile: bool
+    lean_4bit: bool
+    bf16: Annotated[bool, TO_SFT]
+    fp16: Annotated[bool, TO_SFT]
+    per_device_train_batch_size: Annotated[int | Literal["auto"], TO_SFT]  # auto: pricer.speed measures it
+    gradient_checkpointing: Annotated[bool, TO_SFT]
+    dataloader_num_workers: Annotated[int, TO_SFT]
+
+
+@dataclass(frozen=True)
+class Config:
+    """The composed config's top level. The library groups are plain dicts here: their keys are
+    checked against the library's own fields (`_check_lora`, `_check_quant`, `_check_sft`)."""
+
+    project: str
+    seed: int
+    optimized_metric: Literal[OBJECTIVES]
+    output_root: str
+    resume: str | None  # a run dir, or auto
+    model: Model
+    data: Data
+    hub: Hub
+    tracking: WandbTracking | NoTracking  # the one whose backend matches
+    evaluation: Evaluation
+    hardware: Hardware
+    lora: dict  # peft.LoraConfig
+    quant: dict  # transformers.BitsAndBytesConfig
+    optimizer: dict  # trl.SFTConfig, as are the next two
+    scheduler: dict
+    training: dict
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def preset_notes(choices: dict[str, str], conf_dir: Path = CONF_DIR) -> list[str]:
+    """One line per chosen preset that also set another group through its defaults list, e.g.
+    "hardware=h100 also sets optimizer=adamw_torch_fused": a run logs these first, so a group
+    the user never named does not change silently. Only what took effect (Hydra's final
+    `choices` agree); an `optimizer=...` on the command line wins and is no surprise."""
+    notes = []
+    for group, option in choices.items():
+        if not option or group.startswith("hydra"):
+            continue
+        sets = {g: o for g, o in preset_overrides(group, option, conf_dir).items() if choices.get(g) == o}
+        if sets:
+            notes.append(f"{group}={option} also sets " + ", ".join(f"{g}={o}" for g, o in sets.items()))
+    return notes
+
+
+def preset_overrides(group: str, option: str, conf_dir: Path = CONF_DIR) -> dict[str, str]:
+    """The other groups `conf/{group}/{option}.yaml` picks in its defaults list (`override
+    /optimizer@...: adamw_torch_fused`), through the same group's files it extends (`- a100_notebook`)."""
+    import yaml
+
+    path = conf_dir / group / f"{option}.yaml"
+    if not path.is_file():  # a preset from another search path (sweeps/): not ours to read
+        return {}
+    found: dict[str, str] = {}
+    for entry in (yaml.safe_load(path.read_text()) or {}).get("defaults", []):
+        if isinstance(entry, str) and entry != "_self_":
+            found |= preset_overrides(group, entry, conf_dir)
+        elif isinstance(entry, dict):
+            for key, value in entry.items():
+                name = key.removeprefix("override ").removeprefix("optional ").strip()
+                if name.startswith("/") and value is not None:
+                    found[name[1:].split("@")[0]] = str(value)
+    return found
 
 
 def sweep_objective(metric: str) -> str:
@@ -105,31 +210,97 @@ def _check_known(group: str, given: dict, known: set[str]) -> None:
             raise ConfigError(f"{prefix}{key} is not a known key{hint}: remove it or fix its name")
 
 
-def _check_schema(plain: dict) -> None:
-    """Unknown keys (with the close name), types and fixed choices of pricer's own groups."""
-    _check_known("", {k: v for k, v in plain.items() if k not in SCHEMA and k not in LIBRARY_GROUPS},
-                 set(SCHEMA) | set(LIBRARY_GROUPS) | set(SCHEMA[""]))
-    for group, keys in SCHEMA.items():
-        values = plain if group == "" else plain[group]
-        if group:
-            _check_known(group, values, set(keys))
-        for key, types in keys.items():
-            name = f"{group}.{key}" if group else key
-            if key not in values and group == "tracking":
-                continue  # tracking=none has nothing but its backend
-            if key not in values:
-                raise ConfigError(f"{name} is missing: add it to the config or pass +{name}=...")
-            value = values[key]
-            if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-                wanted = " or ".join("null" if t is NONE else t.__name__ for t in types)
-                raise ConfigError(f"{name}={value!r} must be {wanted}")
-            if (group, key) in POSITIVE and value <= 0:
-                raise ConfigError(f"{name}={value} must be positive")
-            if (group, key) == ("evaluation", "eval_steps") and value is not None and value <= 0:
-                raise ConfigError(f"{name}={value} must be a positive integer or null (no evaluation during training)")
-            allowed = CHOICES.get((group, key))
-            if allowed and value not in allowed:
-                raise ConfigError(f"{name}={value} is not one of {', '.join(allowed)}")
+def schema_fields(cls: type) -> dict[str, Any]:
+    """A schema dataclass's keys and their types, Annotated marks kept."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def _marks(annotation: Any) -> tuple[Any, tuple]:
+    """The type inside `Annotated[type, *marks]`, and the marks."""
+    if typing.get_origin(annotation) is Annotated:
+        return annotation.__origin__, annotation.__metadata__
+    return annotation, ()
+
+
+def _check_group(name: str, values: Any, cls: type) -> None:
+    """Unknown keys (with the close name), missing keys and each value's type, for one dataclass."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{name}={values!r} must be a group of keys: pick a preset, e.g. {name}=NAME")
+    schema = schema_fields(cls)
+    _check_known(name, values, set(schema))
+    for key, annotation in schema.items():
+        full = f"{name}.{key}" if name else key
+        if key not in values:
+            raise ConfigError(f"{full} is missing: add it to the config or pass +{full}=...")
+        _check_value(full, values[key], annotation)
+
+
+def _check_value(name: str, value: Any, annotation: Any) -> None:
+    """One value against its schema type: a dataclass (a group), a union of dataclasses told apart
+    by their first field's Literal (tracking.backend), or a plain type, union or Literal."""
+    annotation, marks = _marks(annotation)
+    if is_dataclass(annotation):
+        _check_group(name, value, annotation)
+        return
+    args = typing.get_args(annotation)
+    if args and all(is_dataclass(a) for a in args):
+        _check_group(name, value, _tagged_member(name, value, args))
+        return
+    options = list(args) if typing.get_origin(annotation) in (typing.Union, UnionType) else [annotation]
+    for option in options:
+        option, inner = _marks(option)
+        if _matches(value, option):
+            if value is not None and POSITIVE in marks + inner and value <= 0:
+                wanted = "a positive integer" if option is int else "positive"
+                raise ConfigError(f"{name}={value} must be {wanted}{' or null' if type(None) in options else ''}")
+            return
+    literals = [a for o in options if typing.get_origin(_marks(o)[0]) is Literal for a in typing.get_args(_marks(o)[0])]
+    if len(options) == 1 and literals:
+        raise ConfigError(f"{name}={value} is not one of {', '.join(map(str, literals))}")
+    raise ConfigError(f"{name}={value!r} must be {' or '.join(_type_name(o) for o in options)}")
+
+
+def _tagged_member(name: str, value: Any, members: tuple[type, ...]) -> type:
+    """The member of a union of dataclasses whose first field (its tag) holds this value's tag."""
+    tag = fields(members[0])[0].name
+    tags = {typing.get_args(schema_fields(m)[tag])[0]: m for m in members}
+    if not isinstance(value, dict) or tag not in value:
+        raise ConfigError(f"{name}.{tag} is missing: add it to the config or pass +{name}.{tag}=...")
+    if value[tag] not in tags:
+        raise ConfigError(f"{name}.{tag}={value[tag]} is not one of {', '.join(map(str, tags))}")
+    return tags[value[tag]]
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    """isinstance with YAML's numbers: an int is a float, a bool is neither."""
+    annotation = _marks(annotation)[0]
+    if annotation is None or annotation is type(None):
+        return value is None
+    if typing.get_origin(annotation) is Literal:
+        return value in typing.get_args(annotation)
+    if isinstance(value, bool):
+        return annotation is bool
+    if annotation is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, typing.get_origin(annotation) or annotation)
+
+
+def _type_name(annotation: Any) -> str:
+    annotation = _marks(annotation)[0]
+    if annotation is type(None):
+        return "null"
+    if typing.get_origin(annotation) is Literal:
+        return " or ".join(map(str, typing.get_args(annotation)))
+    return getattr(typing.get_origin(annotation) or annotation, "__name__", str(annotation))
+
+
+# Derived from the dataclasses, for callers that only need a group's key names (pricer.evaluate).
+SCHEMA: dict[str, dict[str, Any]] = {
+    key: schema_fields(cls) for key, cls in schema_fields(Config).items() if is_dataclass(_marks(cls)[0])
+}
+# Keys of the `hardware` group that are pricer's own; the rest go to SFTConfig.
+HARDWARE_KEYS = tuple(key for key, hint in schema_fields(Hardware).items() if TO_SFT not in _marks(hint)[1])
 
 
 def _check_annotation(name: str, value: Any, annotation: Any) -> None:
@@ -187,6 +358,10 @@ def _check_lora(lora: dict) -> None:
     dropout = lora.get("lora_dropout", 0.0)
     if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ConfigError(f"lora.lora_dropout={dropout} must lie in [0, 1): use e.g. lora.lora_dropout=0.1")
+    try:  # the library's own checks (its __post_init__), as one line; instant and offline
+        LoraConfig(**lora)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"lora: {_first_line(err)}: fix the lora group (e.g. lora=r16)") from None
 
 
 def _check_quant(quant: dict) -> None:
@@ -206,7 +381,27 @@ def _check_quant(quant: dict) -> None:
     try:  # the library's own checks (types of its flags), as one line
         BitsAndBytesConfig(**quant)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"quant: {str(err).splitlines()[0]}: fix the quant group (e.g. quant=nf4)") from None
+        raise ConfigError(f"quant: {_first_line(err)}: fix the quant group (e.g. quant=nf4)") from None
+
+
+def _first_line(err: Exception) -> str:
+    """An error's first line without its full stop: pricer's message goes on after it."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip(". ")
+
+
+def _build_sft(sft: dict) -> None:
+    """SFTConfig's own __post_init__ checks (choices of its enums, flags that exclude each other), as
+    one line. use_cpu=True: bf16 is a question about this machine, which _check_hardware asks; the
+    object is built in ~20 ms, writes nothing to output_dir and is thrown away."""
+    import tempfile
+
+    from trl import SFTConfig
+
+    with tempfile.TemporaryDirectory() as unused:
+        try:
+            SFTConfig(**{**sft, "output_dir": unused, "use_cpu": True, "report_to": [], "push_to_hub": False})
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"training/optimizer/scheduler/hardware: SFTConfig refused them: {_first_line(err)}") from None
 
 
 def _check_sft(sft: dict, groups: dict[str, dict]) -> None:
@@ -298,9 +493,6 @@ def _check_hub(hub: dict) -> None:
 def _check_data(data: dict) -> None:
     if not data.get("path"):
         raise ConfigError("data.path is empty: name a Hub dataset id or a format (json, parquet, csv) with data.data_files")
-    limit = data.get("max_train_samples")
-    if limit is not None and (not isinstance(limit, int) or limit <= 0):
-        raise ConfigError(f"data.max_train_samples={limit} must be a positive integer or null")
 
 
 def validate(cfg: DictConfig, choices: dict[str, str] | None = None, check_machine: bool = True) -> RunConfig:
@@ -314,7 +506,7 @@ def validate(cfg: DictConfig, choices: dict[str, str] | None = None, check_machi
         plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except Exception as err:  # a ??? left unset, or an interpolation that fails
         raise ConfigError(f"{type(err).__name__}: {str(err).splitlines()[0]}: set the key on the command line") from None
-    _check_schema(plain)
+    _check_group("", plain, Config)
     hardware = dict(plain["hardware"])
     hw = {key: hardware.pop(key) for key in HARDWARE_KEYS}
     auto_batch_size = hardware["per_device_train_batch_size"] == "auto"
@@ -323,14 +515,13 @@ def validate(cfg: DictConfig, choices: dict[str, str] | None = None, check_machi
             raise ConfigError("per_device_train_batch_size=auto measures CUDA memory: give a number on hardware=cpu")
         hardware["per_device_train_batch_size"] = 1  # replaced by the measured pick before training
     sft = {**plain["training"], **plain["optimizer"], **plain["scheduler"], **hardware}
-    if plain["optimized_metric"] not in OBJECTIVES:
-        raise ConfigError(f"optimized_metric={plain['optimized_metric']} is not one of {', '.join(OBJECTIVES)}")
     _check_lora(plain["lora"])
     _check_quant(plain["quant"])
     _check_sft(sft, plain)
     _check_data(plain["data"])
     _check_hardware(hw, sft, choices, check_machine)
     _check_hub_names(plain["hub"], plain["project"])
+    _build_sft(sft)  # last: pricer's own messages above name the fix better than the library's
     if check_machine:
         _check_hub(plain["hub"])
     return RunConfig(

@@ -5,7 +5,9 @@ does the same for a prompt/completion dataset, so the split happens here, once, 
 the loss falls only on the price tokens.
 """
 
+import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +15,56 @@ PROMPT_END = "Price is $"
 MAX_PRICE = 1e9  # no product costs more; a larger value is a unit or parsing slip that would swamp every mean
 
 
+log = logging.getLogger("pricer")
+
+
 class DataError(ValueError):
     """A dataset row that cannot be used, named by split and index."""
+
+
+@dataclass(frozen=True)
+class Items:
+    """Items to score: prompts cut at `Price is $` and their true prices."""
+
+    prompts: list[str]
+    prices: list[float]
+
+
+@dataclass(frozen=True)
+class Slices:
+    """Every slice of one run's data. `val` is held out of the train split (the same items for every
+    trial of a sweep, never trained on) so a sweep can select on it; `test` is the course's report."""
+
+    train: Any  # a datasets.Dataset of prompt/completion rows, what TRL trains on
+    train_prices: list[float]  # the constant baseline guesses their mean (the whole train split's)
+    val: Items | None
+    test: Items
+
+
+def load_slices(path: str, data_files: dict[str, str] | None, revision: str | None, max_train_samples: int | None,
+                test_items: int, val_items: int | None) -> Slices:
+    """The train, validation and test slices; `val_items=None` trains on the whole train split."""
+    splits = load_splits(path, data_files, revision, max_train_samples)
+    train = splits["train"]
+    train_prices = [float(p) for p in train["price"]]  # the whole split, validation items included
+    val = None
+    if val_items is not None:  # held out from the train split's end
+        if val_items >= len(train):
+            raise DataError(f"evaluation.val_items={val_items} leaves no training items of the {len(train)} in the "
+                            f"train split: use fewer, e.g. evaluation.val_items={len(train) // 10}")
+        cut = len(train) - val_items
+        val = first_items(train.select(range(cut, len(train))), val_items)
+        train = train.select(range(cut))
+    test = first_items(splits["test"], test_items)
+    log.info("data: %d train / %d validation / %d test items scored from %s", len(train),
+             len(val.prompts) if val else 0, len(test.prompts), path)
+    return Slices(to_prompt_completion(train), train_prices, val, test)
+
+
+def first_items(split, items: int) -> Items:
+    """The first `items` rows of a split as prompts (cut at `Price is $`) and prices."""
+    head = split.select(range(min(items, len(split))))
+    return Items([split_prompt_completion(text)["prompt"] for text in head["text"]], [float(p) for p in head["price"]])
 
 
 def load_splits(

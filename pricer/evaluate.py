@@ -20,11 +20,10 @@ from typing import Any, NoReturn
 
 from pricer import PACKAGE_DIR
 from pricer.metrics import baseline_metrics, price_metrics, save_chart, summary_line
-from pricer.predict import DEFAULT_BATCH_TOKENS, DEFAULT_TOP_K, number_token_values, predict_prices
+from pricer.predict import number_token_values, predict_prices
 
 METRICS_FILE = "metrics.json"
 CHART_FILE = "price_chart.png"
-DEFAULT_ITEMS = 250  # the course's tester scores the first 250 test items
 CONFIG_FILES = (".hydra/config.yaml", "config.yaml")  # Hydra's copy in a run dir; the Hub repo's copy
 ADAPTER_FILES = ("adapter/adapter_config.json", "adapter_config.json")  # a run dir's final adapter; a checkpoint's
 LOGGED_DURING_TRAINING = ("price_error", "rmsle", "hit_rate", "median_error")
@@ -44,9 +43,9 @@ def evaluate_model(
     prompts: list[str],
     prices: list[float],
     out_dir: str | Path,
-    train_prices: list[float] | None = None,
-    top_k: int = DEFAULT_TOP_K,
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    train_prices: list[float] | None,
+    top_k: int,
+    batch_tokens: int,
     title: str = "pricer",
     max_length: int | None = None,
 ) -> dict[str, Any]:
@@ -67,8 +66,8 @@ def evaluate_model(
     return metrics
 
 
-def score_validation(model, tokenizer, prompts: list[str], prices: list[float], top_k: int = DEFAULT_TOP_K,
-                     batch_tokens: int = DEFAULT_BATCH_TOKENS, max_length: int | None = None) -> dict[str, Any]:
+def score_validation(model, tokenizer, prompts: list[str], prices: list[float], top_k: int, batch_tokens: int,
+                     max_length: int | None = None) -> dict[str, Any]:
     """`val/...` metrics of the held-out slice: what a sweep selects on, so the test set stays a report."""
     guesses = predict_prices(model, tokenizer, prompts, top_k, batch_tokens, max_length=max_length)
     return _prefixed("val", price_metrics(guesses, prices))
@@ -79,8 +78,8 @@ def price_eval_callback(
     prompts: list[str],
     prices: list[float],
     every_steps: int,
-    top_k: int = DEFAULT_TOP_K,
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    top_k: int,
+    batch_tokens: int,
     max_length: int | None = None,
 ):
     """A TrainerCallback scoring `prompts` every `every_steps` optimizer steps.
@@ -105,12 +104,16 @@ def price_eval_callback(
     return PriceEval()
 
 
-def first_test_items(test_split, items: int) -> tuple[list[str], list[float]]:
-    """The first `items` test prompts (cut at `Price is $`) and their prices."""
-    from pricer.data import split_prompt_completion
-
-    head = test_split.select(range(min(items, len(test_split))))
-    return [split_prompt_completion(text)["prompt"] for text in head["text"]], [float(p) for p in head["price"]]
+def score_slices(model, tokenizer, slices, out_dir: Path, top_k: int, batch_tokens: int, max_length: int | None,
+                 title: str) -> dict[str, Any]:
+    """A run's scores: the course's test report (and baseline) written to `out_dir`, plus `val/...` when
+    the run held out a validation slice (what a sweep selects on)."""
+    scores = evaluate_model(model, tokenizer, slices.test.prompts, slices.test.prices, out_dir, slices.train_prices,
+                            top_k, batch_tokens, title=title, max_length=max_length)
+    if slices.val is not None:
+        scores |= score_validation(model, tokenizer, slices.val.prompts, slices.val.prices, top_k, batch_tokens,
+                                   max_length)
+    return scores
 
 
 def _saved_config(source: str, revision: str | None):
@@ -147,47 +150,26 @@ def run_config(source: str | None, revision: str | None, overrides: list[str]) -
         groups = [o for o in overrides if "." not in o.split("=", 1)[0]]
         if groups:
             raise SystemExit(f"{groups}: a saved run config takes dotted keys, e.g. hardware.accelerator=cpu")
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        # a run saved before a key of `evaluation` existed scores with conf/train.yaml's value of it
+        defaults = OmegaConf.load(PACKAGE_DIR.parent / "conf" / "train.yaml").evaluation
+        cfg = OmegaConf.merge({"evaluation": defaults}, cfg, OmegaConf.from_dotlist(overrides))
     groups = ("model", "quant", "hardware", "data", "evaluation", "training")
     return {group: OmegaConf.to_container(cfg[group], resolve=True) for group in groups if group in cfg}
 
 
 def load_for_eval(config: dict[str, Any], adapter: str | None, revision: str | None):
-    """Tokenizer and model as the run trained them, with the adapter on top if given.
-
-    The tokenizer comes from the base model: training does not change it, so one
-    code path serves runs, Hub repos and the base model alone.
-    """
+    """Tokenizer and model as the run trained them, with the adapter on top if given."""
     import torch
 
-    from pricer.modeling import ensure_tiny_model, load_model, load_tokenizer
+    from pricer.modeling import load_for_run
 
-    model_cfg, hardware = config["model"], config["hardware"]
+    hardware = config["hardware"]
     if hardware["accelerator"] == "cuda" and not torch.cuda.is_available():
         raise SystemExit("this run used a GPU and this machine has none: add hardware.accelerator=cpu "
                          "hardware.compute_dtype=float32 (and quant.bnb_4bit_compute_dtype=float32 with nf4)")
-    path = model_cfg["pretrained_model_name_or_path"]
-    if hardware.get("liger"):  # as in training: 12-17 % more items/s on an H200 (BENCHMARKS.md)
-        from pricer.speed import apply_liger
-
-        apply_liger(hardware["accelerator"])
-    if model_cfg.get("build_tiny"):
-        ensure_tiny_model(path)
-    tokenizer = load_tokenizer(path, model_cfg["revision"], model_cfg["trust_remote_code"])
-    model = load_model(
-        path,
-        model_cfg["revision"],
-        model_cfg["trust_remote_code"],
-        model_cfg["attn_implementation"],
-        config["quant"] or {},
-        hardware["compute_dtype"],
-        hardware["accelerator"],
-        tokenizer.pad_token_id,
-    )
-    if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter, revision=revision)
+    # liger as in training: 12-17 % more items/s on an H200 (BENCHMARKS.md)
+    tokenizer, model = load_for_run(config["model"], config["quant"] or {}, hardware["compute_dtype"],
+                                    hardware["accelerator"], bool(hardware.get("liger")), adapter, revision)
     return model, tokenizer
 
 
@@ -267,20 +249,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         config = run_config(args.source, args.revision, args.overrides)
     except HydraException as err:  # an override conf/train.yaml cannot take, e.g. model=nope
         _refuse(str(err).strip().splitlines()[0])
-    saved = config.get("evaluation", {})
-    items = args.items or saved.get("test_items", DEFAULT_ITEMS)
-    top_k = args.top_k or saved.get("top_k", DEFAULT_TOP_K)
-    batch_tokens = args.batch_tokens or saved.get("batch_tokens", DEFAULT_BATCH_TOKENS)
+    saved = config["evaluation"]
+    items = args.items or saved["test_items"]
+    top_k = args.top_k or saved["top_k"]
+    batch_tokens = args.batch_tokens or saved["batch_tokens"]
     name = Path(args.source or config["model"]["pretrained_model_name_or_path"]).name
     name += ("-base" if args.adapter == "none" else "") + (f"@{args.revision}" if args.revision else "")
     out = Path(args.out or Path("outputs") / "eval" / name)
 
-    from pricer.data import load_splits
+    from pricer.data import load_slices
 
     data = config["data"]  # before the model: a data problem shows in seconds, not after an 8B load
-    splits = load_splits(data["path"], data["data_files"], data["revision"], data["max_train_samples"])
-    prompts, prices = first_test_items(splits["test"], items)
-    train_prices = [float(p) for p in splits["train"]["price"]]
+    slices = load_slices(data["path"], data["data_files"], data["revision"], data["max_train_samples"], items, None)
+    prompts, prices, train_prices = slices.test.prompts, slices.test.prices, slices.train_prices
     adapter = None if args.adapter == "none" else args.source
     if adapter and (Path(adapter) / "adapter" / "adapter_config.json").exists():
         adapter = str(Path(adapter) / "adapter")  # a run dir keeps its final adapter in adapter/

@@ -9,17 +9,17 @@ falls back to the default handler: the user can always force an exit.
 import signal
 import threading
 
-from transformers import TrainerCallback
-
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Interrupted(Exception):
     """Training stopped on a signal after saving; exit status 128 + signal number."""
 
-    def __init__(self, signum: int, step: int, evaluating: bool = False) -> None:
+    def __init__(self, signum: int, step: int | None, evaluating: bool = False) -> None:
+        """`step` None: the signal came outside training (loading, pushing): nothing new was saved."""
         done = "training finished, adapter saved" if evaluating else "checkpoint saved"
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}: {done}, "
+        where = f"at step {step}: {done}" if step is not None else "outside training: its last checkpoint stands"
+        super().__init__(f"interrupted by {signal.Signals(signum).name} {where}, "
                          "rerun the same command with resume=auto to continue")
         self.signum, self.step = signum, step
 
@@ -45,12 +45,26 @@ class RaiseOnSignal:
         raise Interrupted(signum, self.step, evaluating=True)
 
 
-class StopOnSignal(TrainerCallback):
+def __getattr__(name: str) -> type:
+    """StopOnSignal is built on first use: it subclasses transformers' TrainerCallback, and the sweeper
+    imports this module (Interrupted, SIGNALS) in processes that never train."""
+    if name != "StopOnSignal":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from transformers import TrainerCallback
+
+    cls = type("StopOnSignal", (_StopOnSignal, TrainerCallback), {"__module__": __name__})
+    globals()["StopOnSignal"] = cls
+    return cls
+
+
+class _StopOnSignal:
+    """SIGTERM/SIGINT during training: save at the end of this step and stop (a TrainerCallback)."""
+
     def __init__(self) -> None:
         self.signum: int | None = None
         self.previous: dict[int, object] = {}
 
-    def install(self) -> "StopOnSignal":
+    def install(self) -> "_StopOnSignal":
         if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
             for sig in SIGNALS:
                 self.previous[sig] = signal.signal(sig, self._on_signal)

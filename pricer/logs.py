@@ -36,17 +36,51 @@ def redact(text: str, secrets: list[str]) -> str:
     return text
 
 
+def redact_record(record: logging.LogRecord, secrets: list[str]) -> logging.LogRecord:
+    """The record with every secret masked in its message and its traceback text, in place."""
+    if not secrets:
+        return record
+    try:
+        message = record.getMessage()
+    except Exception:  # a malformed record: the handler reports it as logging does
+        return record
+    clean = redact(message, secrets)
+    if clean != message:
+        record.msg, record.args = clean, ()
+    if record.exc_info and not record.exc_text:
+        record.exc_text = redact(logging.Formatter().formatException(record.exc_info), secrets)
+    return record
+
+
 class RedactSecrets(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self.secrets = secret_values()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = redact(message, self.secrets)
-        if clean != message:
-            record.msg, record.args = clean, ()
+        redact_record(record, self.secrets)
         return True
+
+
+_masked_secrets: list[str] = []
+
+
+def mask_every_record() -> None:
+    """Mask secrets in every log record as it is created, whichever logger emits it and whichever
+    handler writes it: transformers' loggers do not propagate to the root (its own stderr handler,
+    made when transformers is first imported), and W&B's debug log has a file handler of its own,
+    so a filter on the root's handlers alone misses both. Idempotent; each call re-reads the secrets
+    (a --multirun job may run with other tokens)."""
+    _masked_secrets[:] = secret_values()
+    factory = logging.getLogRecordFactory()
+    if getattr(factory, "pricer_masks", False):
+        return
+
+    def masking_factory(*args, **kwargs) -> logging.LogRecord:
+        return redact_record(factory(*args, **kwargs), _masked_secrets)
+
+    masking_factory.pricer_masks = True
+    logging.setLogRecordFactory(masking_factory)
 
 
 class DropKnownNoise(logging.Filter):
@@ -77,8 +111,14 @@ def drop_known_noise() -> None:
 
 
 def install_log_filters() -> None:
-    """Tokens masked on every handler of the root logger (Hydra's console and file handlers)."""
+    """Tokens masked in every log record (mask_every_record) and, as a second line should a library
+    replace the record factory, by a filter on every handler of the root logger (Hydra's console and
+    file handlers). Idempotent; a second call (the next job of a --multirun) re-reads the tokens."""
     drop_known_noise()
-    redactor = RedactSecrets()
+    mask_every_record()
     for handler in logging.getLogger().handlers:
-        handler.addFilter(redactor)
+        redactors = [f for f in handler.filters if isinstance(f, RedactSecrets)]
+        for redactor in redactors:
+            redactor.secrets = list(_masked_secrets)
+        if not redactors:
+            handler.addFilter(RedactSecrets())

@@ -8,6 +8,7 @@ as error / truth, as the course did, so a boundary such as $60 on $300 (exactly
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,13 +64,20 @@ def summary_line(metrics: dict[str, float]) -> str:
     )
 
 
-def plain_summary(model: str, data: str, train_items: int, steps: int, seconds: float, test: dict, baseline: dict,
-                  run_dir: Path, next_command: str) -> list[str]:
-    """The end of a run in words a newcomer reads: what was trained, how well, where it is, what next."""
+def run_report(metrics: dict[str, Any], model: str, data: str, train_items: int, run_dir: Path,
+               next_command: str) -> list[str]:
+    """The end of a run in words a newcomer reads: each slice's scores, what was trained, how well
+    against the constant baseline, where it is, what next."""
+    scored = {prefix: {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(prefix + "/")}
+              for prefix in ("val", "test", "baseline")}
+    lines = [f"{prefix:<8} {summary_line(values)}" for prefix, values in scored.items() if values]
+    test, baseline = scored["test"], scored["baseline"]
     ratio = test["price_error"] / baseline["price_error"] if baseline["price_error"] else float("nan")
     verdict = "better than" if ratio < 1 else "no better than"
     return [
-        f"trained a LoRA adapter on {model} with {train_items:,} items of {data}: {steps:,} steps in {seconds:,.0f} s",
+        *lines,
+        f"trained a LoRA adapter on {model} with {train_items:,} items of {data}: "
+        f"{metrics['train_steps']:,} steps in {metrics['train_runtime_s']:,.0f} s",
         f"on {test['items']} test items its guesses are off by ${test['price_error']:,.2f} on average and "
         f"{100 * test['hit_rate']:.1f}% are hits (within $40 or 20%)",
         f"always guessing the mean training price (${baseline['guess']:,.2f}) is off by "

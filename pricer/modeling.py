@@ -93,6 +93,30 @@ def load_model(
     return model
 
 
+def load_for_run(model: dict[str, Any], quant: dict[str, Any], compute_dtype: str, accelerator: str, liger: bool,
+                 adapter: str | None = None, adapter_revision: str | None = None):
+    """Tokenizer and base model as a run uses them, with a saved adapter on top if given: the one
+    loader of training (no adapter: the trainer adds LoRA) and of pricer.evaluate.
+
+    `model` is the model group's keys. The tokenizer comes from the base model: training does
+    not change it, so one path serves runs, Hub repos and the base model alone."""
+    path = model["pretrained_model_name_or_path"]
+    if model.get("build_tiny"):
+        ensure_tiny_model(path)
+    tokenizer = load_tokenizer(path, model["revision"], model["trust_remote_code"])
+    if liger:  # patches transformers' Llama classes: before the model exists
+        from pricer import speed
+
+        speed.apply_liger(accelerator)
+    base = load_model(path, model["revision"], model["trust_remote_code"], model["attn_implementation"], quant or {},
+                      compute_dtype, accelerator, tokenizer.pad_token_id)
+    if adapter is None:
+        return tokenizer, base
+    from peft import PeftModel
+
+    return tokenizer, PeftModel.from_pretrained(base, adapter, revision=adapter_revision)
+
+
 def keep_4bit_layout(model) -> int:
     """Stop bitsandbytes from repacking 4-bit weights for its AVX512-BF16 CPU kernels; returns how many.
 

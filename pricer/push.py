@@ -168,7 +168,7 @@ def push_pending(run_dir: Path, attempts: int, wait_s: float) -> list[str]:
     return done
 
 
-def _bad_args(run_dir: Path, attempts: int, wait_s: float) -> str | None:
+def _bad_args(run_dir: Path, attempts: int | None, wait_s: float | None) -> str | None:
     """What is wrong with the command line, in one line, before any Hub call; None if nothing."""
     from pricer.resume import RUN_FILE
 
@@ -176,25 +176,39 @@ def _bad_args(run_dir: Path, attempts: int, wait_s: float) -> str | None:
         return f"{run_dir}: no such run dir: pass a run's folder, e.g. outputs/runs/2024-09-13_13.04.39"
     if not (run_dir / RUN_FILE).is_file():
         return f"{run_dir} is not a pricer run dir (no {RUN_FILE}): pass a run's folder, e.g. outputs/runs/2024-09-13_13.04.39"
-    if attempts < 1:
+    if attempts is not None and attempts < 1:
         return f"--attempts {attempts} must be at least 1 (1 = no retry): e.g. --attempts 5"
-    if not wait_s >= 0:  # NaN too
+    if wait_s is not None and not wait_s >= 0:  # NaN too
         return f"--wait-s {wait_s:g} must be >= 0 (seconds before the first retry, doubled after each): e.g. --wait-s 2"
     return None
+
+
+def run_setting(run_dir: Path, key: str, flag: str) -> object:
+    """hub.KEY as the run was composed (its .hydra/config.yaml): the flags' default lives in
+    conf/train.yaml and nowhere else, and a run that set its own keeps it here too."""
+    from omegaconf import OmegaConf
+
+    path = run_dir / ".hydra" / "config.yaml"
+    value = OmegaConf.select(OmegaConf.load(path), f"hub.{key}") if path.is_file() else None
+    if value is None:
+        raise SystemExit(f"error: {path} has no hub.{key}: pass {flag}")
+    return value
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Push what a run has not pushed yet (e.g. after a network outage).")
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--attempts", type=int, default=5)
-    parser.add_argument("--wait-s", type=float, default=2.0)
+    parser.add_argument("--attempts", type=int, help="attempts per push (default: the run's hub.push_attempts)")
+    parser.add_argument("--wait-s", type=float, help="seconds before the first retry (default: the run's hub.push_wait_s)")
     args = parser.parse_args()
     problem = _bad_args(args.run_dir, args.attempts, args.wait_s)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
+    attempts = args.attempts if args.attempts is not None else int(run_setting(args.run_dir, "push_attempts", "--attempts N"))
+    wait_s = args.wait_s if args.wait_s is not None else float(run_setting(args.run_dir, "push_wait_s", "--wait-s S"))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    pushed = push_pending(args.run_dir, args.attempts, args.wait_s)
+    pushed = push_pending(args.run_dir, attempts, wait_s)
     print(f"pushed {', '.join(pushed) or 'nothing: all up to date'} -> {read_run(args.run_dir)['repo_id']}")
 
 

@@ -16,11 +16,18 @@ the matmuls run at ~92 % of the chip's measured rate and take ~65 % of the step.
 import logging
 import math
 from collections.abc import Callable
+from contextlib import contextmanager
 
 from pricer.modeling import unwrap_peft
 
 log = logging.getLogger("pricer")
 GIB = 2**30
+
+
+# What Liger's Llama patch rewrites in transformers' modeling_llama module (liger-kernel 0.8):
+# module globals, looked up when a model is built (the classes) and at every forward (RoPE).
+LIGER_LLAMA_NAMES = ("apply_rotary_pos_emb", "LlamaRMSNorm", "LlamaMLP")
+_liger_originals: dict[str, object] = {}
 
 
 def apply_liger(accelerator: str) -> bool:
@@ -30,17 +37,57 @@ def apply_liger(accelerator: str) -> bool:
     the model is instantiated. Its cross entropy stays off: TRL 1.16 already projects
     the LM head at completion positions only, and TRL's loss is the one pricer keeps.
     Triton kernels need CUDA, so elsewhere this is a logged no-op.
+
+    The patch is process-wide until `restore_liger()` (or use `liger_kernels()`): a job of an
+    in-process --multirun must restore it so that the next job, without Liger, gets
+    transformers' own modules. TRL/transformers' instance switch (SFTConfig.use_liger_kernel)
+    is not used: it calls the same liger function with model=..., which rewrites these
+    module globals too (so it leaks the same way), and it runs only when train() starts,
+    after pricer's batch=auto probe has measured memory without the kernels.
     """
     if accelerator != "cuda":
         log.info("liger: off on %s (its Triton kernels need CUDA)", accelerator)
         return False
-    from liger_kernel.transformers import apply_liger_kernel_to_llama
+    patch_llama_with_liger()
+    log.info("liger: fused RMSNorm, SwiGLU and RoPE kernels patched into transformers' Llama")
+    return True
 
+
+def patch_llama_with_liger() -> None:
+    """Liger's own patch of modeling_llama, with the originals recorded for `restore_liger`."""
+    from liger_kernel.transformers import apply_liger_kernel_to_llama
+    from transformers.models.llama import modeling_llama
+
+    for name in LIGER_LLAMA_NAMES:
+        _liger_originals.setdefault(name, getattr(modeling_llama, name))
     apply_liger_kernel_to_llama(
         rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False
     )
-    log.info("liger: fused RMSNorm, SwiGLU and RoPE kernels patched into transformers' Llama")
+
+
+def restore_liger() -> bool:
+    """Undo `apply_liger`: transformers' Llama module gets its own RoPE, RMSNorm and MLP back.
+    Idempotent; returns whether anything was patched. A model built while patched keeps its
+    Liger layers (they are its instances), so call this when the job that built it ends."""
+    if not _liger_originals:
+        return False
+    from transformers.models.llama import modeling_llama
+
+    for name, original in _liger_originals.items():
+        setattr(modeling_llama, name, original)
+    _liger_originals.clear()
+    log.info("liger: transformers' Llama modules restored")
     return True
+
+
+@contextmanager
+def liger_kernels(accelerator: str, enabled: bool = True):
+    """One job's Liger patch: applied on entry (before the model is built), undone on exit, however
+    the job ends. Yields whether the kernels are on."""
+    try:
+        yield apply_liger(accelerator) if enabled else False
+    finally:
+        restore_liger()
 
 
 def causal_mask_only(model, accelerator: str) -> None:
@@ -176,19 +223,26 @@ def pick_batch_size(
     best, ceiling = fitting[-1], min([b - 1 for b, peak in points if peak > usable], default=limit)
     measured = [(b, peak) for b, peak in points if math.isfinite(peak)][-2:]
     if len(measured) == 2 and best < ceiling:
-        (b0, p0), (b1, p1) = measured
-        per_row = (p1 - p0) / (b1 - b0)
-        fixed = p0 - per_row * b0
-        rows = (usable - fixed) / per_row if per_row > 0 else ceiling
-        guess = int(min(rows, ceiling)) // multiple * multiple
-        log.info("batch=auto: peak ~ %.2f GiB + %.4f GiB x batch -> (%.1f - %.2f) / %.4f = %.0f rows -> batch %d",
-                 fixed, per_row, usable, fixed, per_row, rows, guess)
+        guess = fitted_batch(measured[0], measured[1], usable, ceiling, multiple)
         if guess > best:
             peak = measure(run_step, guess)
             log.info("batch=auto: batch %d peaks at %.2f GiB", guess, peak)
             best = guess if peak <= usable else best
     log.info("batch=auto: per_device_train_batch_size=%d", best)
     return best
+
+
+def fitted_batch(point0: tuple[int, float], point1: tuple[int, float], usable: float, ceiling: int, multiple: int) -> int:
+    """The largest multiple of `multiple` (at most `ceiling`) whose peak, on the line through two measured
+    (batch, peak GiB) points (peak = fixed + per-row x batch), stays within `usable` GiB."""
+    (b0, p0), (b1, p1) = point0, point1
+    per_row = (p1 - p0) / (b1 - b0)
+    fixed = p0 - per_row * b0
+    rows = (usable - fixed) / per_row if per_row > 0 else ceiling
+    guess = int(min(rows, ceiling)) // multiple * multiple
+    log.info("batch=auto: peak ~ %.2f GiB + %.4f GiB x batch -> (%.1f - %.2f) / %.4f = %.0f rows -> batch %d",
+             fixed, per_row, usable, fixed, per_row, rows, guess)
+    return guess
 
 
 def set_batch_size(trainer, batch_size: int) -> None:

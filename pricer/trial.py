@@ -14,6 +14,7 @@ place every worker and job can read. Importing this module does not import Optun
 import math
 import os
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 ENV_STORAGE = "PRICER_OPTUNA_STORAGE"
@@ -24,6 +25,12 @@ PRUNER_ATTR = "pricer_pruner"  # study user attr: the pruner's {_target_: ..., k
 # trial user attrs written by the job, read by raise_if_pruned and pricer.compare
 PRUNED_AT = "pruned_at_step"
 NAN_AT = "nan_at_step"
+RUN_DIR = "run_dir"  # the dir the trial's run trains in: an interrupted or re-queued trial resumes it
+
+
+def study_address(sweep_dir: Path, storage: str | None, study_name: str | None) -> tuple[str, str]:
+    """Storage URL and study name of a pricer_optuna sweep: by default SQLite in the sweep dir, named like it."""
+    return storage or f"sqlite:///{sweep_dir / 'optuna.db'}", study_name or sweep_dir.name
 
 
 def current_trial_info() -> dict | None:
@@ -37,11 +44,14 @@ def current_trial_info() -> dict | None:
     return {"number": trial.number, "study_name": trial.study.study_name, "params": dict(trial.params)}
 
 
-def report(value: float, step: int) -> bool:
+def report(value: float, step: int, series: str | None = None) -> bool:
     """Report an intermediate objective; True when training should stop (pruned, or NaN).
 
     A NaN means the run diverged: it is not reported (pruners would read it as a value)
-    but marked, so raise_if_pruned fails the trial instead of pruning it.
+    but marked, so raise_if_pruned fails the trial instead of pruning it. A `series` of
+    pricer's own (the loss, a price error, a hit rate) whose better side is not the
+    study's direction is never reported: a pruner, this trial's or a later sweep's on
+    the same study, would keep the worst trials (a loss under a maximised hit rate).
     """
     if _trial_env() is None:
         return False
@@ -51,6 +61,8 @@ def report(value: float, step: int) -> bool:
     if math.isnan(value):
         trial.set_user_attr(NAN_AT, step)
         return True
+    if series is not None and not _runs_with(series, trial.study.direction.name.lower()):
+        return False
     trial.report(value, step)
     if trial.should_prune():
         trial.set_user_attr(PRUNED_AT, step)
@@ -75,13 +87,43 @@ def raise_if_pruned() -> None:
         raise optuna.TrialPruned(f"pruned at step {attrs[PRUNED_AT]}")
 
 
+def _runs_with(series: str, direction: str) -> bool:
+    """Whether a series' better side is `direction`; True for a series pricer does not know (the user's own)."""
+    from pricer.config import HIGHER_IS_BETTER, SCORES
+
+    name = series.replace("/", "_")
+    if name in ("loss", "train_loss", "eval_loss"):
+        return direction == "minimize"
+    score = next((s for s in SCORES if name.endswith(s)), None)
+    if score is None:
+        return True
+    return direction == ("maximize" if f"val/{score}" in HIGHER_IS_BETTER else "minimize")
+
+
 def set_trial_attrs(**attrs: Any) -> None:
-    """Record run facts on the trial (hub_repo=..., wandb_run=...): pricer.compare shows them."""
+    """Record run facts on the trial (hub_repo=..., wandb_run=...): pricer.compare shows them.
+
+    pricer.train calls this as soon as its run dir holds run.json, before training: the
+    trial then also records that dir (RUN_DIR), so the sweeper can resume the run if the
+    trial is interrupted or its worker dies. A trial that resumes a run keeps its RUN_DIR.
+    """
     if _trial_env() is None:
         return
     trial = _trial(*_trial_env())
+    if RUN_DIR not in trial.user_attrs and _job_run_dir() is not None:
+        trial.set_user_attr(RUN_DIR, _job_run_dir())
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
+
+
+def _job_run_dir() -> str | None:
+    """The job's output dir if a pricer run lives in it (run.json): a fresh run trains in its job's dir."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    out = Path(HydraConfig.get().runtime.output_dir)
+    return str(out.absolute()) if (out / "run.json").exists() else None
 
 
 def trial_callbacks(eval_during_training: bool = False) -> list:
@@ -89,7 +131,8 @@ def trial_callbacks(eval_during_training: bool = False) -> list:
 
     What it reports: the objective as scored during training (PRICER_OPTUNA_METRIC, set
     by the sweeper; `test/price_error` is logged as `eval_price_error`) when the run
-    scores during training, else the train loss at each log step. Never both in one
+    scores during training, else the train loss at each log step, and either only where
+    its better side is the study's direction (report's `series`). Never both in one
     trial: Optuna's median/percentile pruners compare a trial's best value so far, so a
     loss of 1.2 reported before the first $300 price error would shield the trial.
     Pass `eval_during_training=True` when a callback of the run logs the metric
@@ -125,7 +168,8 @@ def _reporting_callback(metric: str, eval_during_training: bool):
                 value = loss  # diverged: report() stops the run and fails the trial
             else:
                 value = _pick(logs, metric) if self.use_metric else loss
-            if value is not None and report(float(value), state.global_step):
+            series = "loss" if value is loss else metric
+            if value is not None and report(float(value), state.global_step, series):
                 control.should_training_stop = True
 
     return OptunaReportCallback()

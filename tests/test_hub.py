@@ -6,7 +6,6 @@ only the server is local. So these tests catch what a mock would not: which file
 """
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
 from hub_server import GITATTRIBUTES, HubStandIn
 from pricer import hub
+from pricer.push import push_checkpoint
 
 REPO = "pricer-tester/pricer-2026-01-01_12.00.00"
 CONFIG_YAML = "model:\n  pretrained_model_name_or_path: meta-llama/Llama-3.1-8B\nlora:\n  r: 32\n"
@@ -68,11 +68,13 @@ def front_matter(text: str) -> dict:
     return yaml.safe_load(text.split("---\n")[1])
 
 
+@pytest.mark.slow  # starts the local Hub server
 def test_account_name_is_the_token_owner(hub_stand_in: HubStandIn) -> None:
     assert hub.account_name() == hub_stand_in.user
     assert [r.authorized for r in hub_stand_in.requests_to("/api/whoami-v2")] == [True]
 
 
+@pytest.mark.slow  # starts the local Hub server
 def test_account_name_without_token_fails_before_any_request(hub_stand_in: HubStandIn,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_TOKEN")
@@ -81,6 +83,7 @@ def test_account_name_without_token_fails_before_any_request(hub_stand_in: HubSt
     assert hub_stand_in.requests == []
 
 
+@pytest.mark.slow  # starts the local Hub server
 def test_account_name_with_a_wrong_token_is_rejected(hub_stand_in: HubStandIn,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_not_the_right_one")
@@ -89,6 +92,7 @@ def test_account_name_with_a_wrong_token_is_rejected(hub_stand_in: HubStandIn,
     assert err.value.response.status_code == 401
 
 
+@pytest.mark.slow  # starts the local Hub server
 @pytest.mark.parametrize("xet", [True, False], ids=["with-hf_xet", "without-hf_xet"])
 def test_push_final_uploads_exactly_the_final_files_to_a_private_repo(
     hub_stand_in: HubStandIn, run_dir: Path, monkeypatch: pytest.MonkeyPatch, xet: bool
@@ -107,38 +111,32 @@ def test_push_final_uploads_exactly_the_final_files_to_a_private_repo(
     assert repo.commits[-1].message == "final adapter, tokenizer and model card"
 
 
+@pytest.mark.slow  # starts the local Hub server
 def test_push_final_can_make_a_public_repo(hub_stand_in: HubStandIn, run_dir: Path) -> None:
     hub.push_final(REPO, run_dir, private=False)
     assert not hub_stand_in.repos[REPO].private
 
 
-def test_push_final_after_trainer_pushes_leaves_only_the_final_files(hub_stand_in: HubStandIn,
-                                                                     run_dir: Path) -> None:
-    """The Trainer's every_save push (its exact call) sends the whole run dir; the final push cleans up."""
-    api = HfApi()
-    api.create_repo(REPO, private=True, exist_ok=True)
-    api.upload_folder(repo_id=REPO, folder_path=run_dir, commit_message="Training in progress, step 5",
-                      ignore_patterns=["_*", "checkpoint-*"])
-    assert "wandb/offline-run-1/run-1.wandb" in hub_stand_in.files(REPO)  # what the Trainer leaves there
+@pytest.mark.slow  # starts the local Hub server
+def test_push_final_after_checkpoint_pushes_leaves_only_the_final_files(hub_stand_in: HubStandIn,
+                                                                        run_dir: Path) -> None:
+    """pricer's every_save push (pricer.push) puts a checkpoint's adapter and trainer state at the repo root;
+    the final push replaces the adapter and removes what is not a final file. Optimizer state never leaves."""
+    push_checkpoint(REPO, run_dir / "checkpoint-5", private=True)
+    assert hub_stand_in.files(REPO)["adapter_model.safetensors"] == LOCAL_ONLY["checkpoint-5/adapter_model.safetensors"]
+    assert "trainer_state.json" in hub_stand_in.files(REPO)
 
     hub.push_final(REPO, run_dir, private=True)
 
     repo = hub_stand_in.repos[REPO]
-    assert set(repo.files) == {*FINAL, "README.md", ".gitattributes"}
-    assert repo.private
-    final = repo.commits[-1]
-    assert set(final.deleted) == {name for name in LOCAL_ONLY if not name.startswith("checkpoint-")}
-    assert final.added == {}  # the final files were already there, unchanged: nothing re-sent
+    assert set(repo.files) == {*FINAL, "README.md", ".gitattributes"} and repo.private
+    assert repo.files["adapter_model.safetensors"] == FINAL["adapter_model.safetensors"]
+    assert set(repo.commits[-1].deleted) == {"trainer_state.json"}
+    sent = {path for commit in hub_stand_in.commits(REPO) for path in commit.added}
+    assert not [path for path in sent if "optimizer" in path or path.startswith(("wandb", ".hydra", "checkpoint-"))]
 
 
-def test_no_token_reaches_an_uploaded_file(hub_stand_in: HubStandIn, run_dir: Path) -> None:
-    hub.push_final(REPO, run_dir, private=True)
-    token = os.environ["HF_TOKEN"].encode()
-    assert token and all(r.authorized for r in hub_stand_in.requests)  # the client did send it, as a header
-    sent = [content for commit in hub_stand_in.commits(REPO) for content in commit.added.values()]
-    assert sent and all(token not in content for content in sent)
-
-
+@pytest.mark.slow  # starts the local Hub server
 def test_model_card_front_matter_is_valid_hub_metadata(hub_stand_in: HubStandIn) -> None:
     text = card()
     meta = front_matter(text)
@@ -157,6 +155,7 @@ def test_model_card_front_matter_survives_awkward_names() -> None:
     assert meta["datasets"] == ["local files"]
 
 
+@pytest.mark.slow  # starts the local Hub server
 def test_fault_injection_knobs(hub_stand_in: HubStandIn, tmp_path: Path) -> None:
     """A dropped commit is retried by the client; a failed whoami is not (it raises)."""
     api = HfApi()

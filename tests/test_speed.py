@@ -1,62 +1,35 @@
-"""The faster step: presets that resolve, the same loss as TRL's, batch=auto within a budget."""
+"""The faster step: the same loss as TRL's, the loss on the price only, batch=auto's probe and its line fit."""
 
 import math
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_train
 
 from pricer import modeling, speed
 from pricer.frozen4bit import lean_4bit_linears
 from pricer.training import build_sft_config, build_trainer
 
-PRESETS = {"a100": [], "a100_notebook": [], "t4": ["lora=r8"], "h100": [], "cpu": ["optimizer=adamw_torch"]}
-# Peak GiB ~ fixed + per row x batch, full-length rows, nf4, measured by batch=auto's probe on the H200
-# (BENCHMARKS.md): no checkpointing + Liger in bf16 (h100, a100); checkpointing in fp16 (t4, probed without
-# Liger; with it batch 64 peaked 10.5 GiB); no checkpointing, no Liger in bf16 (a100_notebook: 24.6 GiB
-# reserved at batch 16).
-LIGER_BF16 = (5.84, 0.784)
-MEASURED = {"a100": LIGER_BF16, "a100_notebook": (6.2, 1.15), "h100": LIGER_BF16, "t4": (5.40, 0.098)}
-# a100_notebook, the default, keeps the notebook's batch 16 on an A100 40 GB; hardware=a100 fills the card.
-NOTEBOOK_BATCH = {"a100_notebook": 16}
 NF4_CPU = dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                bnb_4bit_compute_dtype="float32")
 LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
             bias="none", task_type="CAUSAL_LM")
 
 
-@pytest.mark.parametrize("preset", PRESETS)
-def test_preset_resolves_to_batch_and_checkpointing(preset: str) -> None:
-    cfg, choices = compose_train([f"hardware={preset}", *PRESETS[preset]])
-    hw = cfg.hardware
-    assert choices["hardware"] == preset
-    assert isinstance(hw.per_device_train_batch_size, int) and hw.per_device_train_batch_size > 0
-    assert isinstance(hw.gradient_checkpointing, bool)
-    assert isinstance(hw.liger, bool) and isinstance(hw.compile, bool)
-    assert not (hw.accelerator == "cpu" and hw.liger), "Liger's kernels need CUDA"
-    if preset in MEASURED:  # fills the budget, with batch=auto's 10 % margin to spare
-        fixed, per_row = MEASURED[preset]
-        peak = fixed + per_row * hw.per_device_train_batch_size
-        assert peak <= 0.9 * hw.memory_gib, f"{peak:.1f} GiB of {hw.memory_gib}"
-        if preset in NOTEBOOK_BATCH:
-            assert hw.per_device_train_batch_size == NOTEBOOK_BATCH[preset] and not hw.gradient_checkpointing
-        else:
-            assert 0.7 * hw.memory_gib <= peak, f"{peak:.1f} GiB of {hw.memory_gib} leaves the card half empty"
-
-
-def tiny_trainer(model_dir: Path, tmp_path: Path, texts: list[str], gradient_checkpointing: bool, **changes):
-    """A tiny nf4 model with LoRA in TRL's SFTTrainer; LoRA dropout off so two builds compute the same.
-    `changes` replace SFTConfig fields."""
+def tiny_trainer(model_dir: Path, tmp_path: Path, texts: list[str], gradient_checkpointing: bool, use_cpu: bool = True,
+                 **changes):
+    """A tiny nf4 model with LoRA in TRL's SFTTrainer (on the CPU, or the GPU); LoRA dropout off so two builds
+    compute the same. `changes` replace SFTConfig fields."""
     from datasets import Dataset
 
     from pricer.data import split_prompt_completion
 
     tokenizer = modeling.load_tokenizer(str(model_dir), None, False)
-    model = modeling.load_model(str(model_dir), None, False, "sdpa", NF4_CPU, "float32", "cpu", tokenizer.pad_token_id)
+    model = modeling.load_model(str(model_dir), None, False, "sdpa", NF4_CPU, "float32", "cpu" if use_cpu else "cuda",
+                               tokenizer.pad_token_id)
     sft = dict(per_device_train_batch_size=8, max_length=182, optim="adamw_torch", learning_rate=1e-4,
                gradient_checkpointing=gradient_checkpointing, max_steps=1, bf16=False, fp16=False, save_strategy="no") | changes
-    args = build_sft_config(sft, output_dir=str(tmp_path), run_name="speed", report_to=[], seed=0, use_cpu=True)
+    args = build_sft_config(sft, output_dir=str(tmp_path), run_name="speed", report_to=[], seed=0, use_cpu=use_cpu)
     data = Dataset.from_list([split_prompt_completion(text) for text in texts[:64]])
     torch.manual_seed(0)  # the same LoRA init in every build
     return build_trainer(model, tokenizer, args, modeling.build_lora_config(LORA), data, [], "float32")
@@ -67,6 +40,27 @@ def loss_and_grads(trainer, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor
     grads = {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None}
     trainer.model.zero_grad(set_to_none=True)
     return loss, grads
+
+
+def test_the_loss_covers_the_price_and_nothing_else(tiny_model_dir: Path, tmp_path: Path, sample_texts) -> None:
+    """What the notebook's collator did, from the trainer pricer builds: in a real collated batch the
+    positions that carry loss are exactly each row's completion (the price and the end-of-text token),
+    the last real tokens of the row; prompt and padding carry none."""
+    from pricer.data import split_prompt_completion
+
+    trainer = tiny_trainer(tiny_model_dir, tmp_path, sample_texts, gradient_checkpointing=False)
+    rows = [trainer.train_dataset[i] for i in range(8)]
+    assert [row["prompt"] for row in rows] == [split_prompt_completion(text)["prompt"] for text in sample_texts[:8]]
+    batch = trainer.data_collator(rows)
+    tokenizer = trainer.processing_class
+    assert not batch["attention_mask"].all(), "rows of several lengths: padding is in the batch"
+    for i in range(len(rows)):
+        scored = batch["labels"][i].ne(-100)
+        price = split_prompt_completion(sample_texts[i])["completion"]  # the row's source text, its price
+        assert tokenizer.decode(batch["input_ids"][i][scored]) == price + tokenizer.eos_token
+        real = int(batch["attention_mask"][i].sum())
+        assert scored.nonzero().flatten().tolist() == list(range(real - int(scored.sum()), real)), "a suffix of the row"
+        assert torch.equal(batch["labels"][i][scored], batch["input_ids"][i][scored])
 
 
 def test_faster_step_has_trls_loss_and_gradients(tiny_model_dir: Path, tmp_path: Path, sample_texts) -> None:
@@ -140,27 +134,18 @@ def test_causal_mask_only_keeps_the_mask_outside_training(tiny_model_dir: Path, 
         assert not torch.allclose(model(input_ids=padded, attention_mask=mask).logits[0, -1], alone, atol=1e-3)
 
 
-def simulated(peak_of: callable, seen: list[int]):
-    """A memory probe that runs the real step and reports a simulated peak."""
-
-    def measure(run_step, batch: int) -> float:
-        seen.append(batch)
-        run_step(batch)
-        return peak_of(batch)
-
-    return measure
-
-
-def test_auto_batch_fits_a_simulated_budget(tiny_model_dir: Path, tmp_path: Path, sample_texts) -> None:
-    """2 GiB + 0.25 GiB per row in a 10 GiB budget less 10 %: (9 - 2) / 0.25 = 28 rows, so 24."""
+def test_probe_steps_leave_no_trace_and_the_new_batch_is_used(tiny_model_dir: Path, tmp_path: Path, sample_texts) -> None:
+    """batch=auto's probe runs real training steps on copies of the longest row: they leave no logged
+    metric, token count or gradient behind, and the batch it picks is the one the dataloader serves."""
     trainer = tiny_trainer(tiny_model_dir, tmp_path, sample_texts, gradient_checkpointing=False)
-    seen: list[int] = []
-    batch = speed.pick_batch_size(speed.step_runner(trainer), 10, simulated(lambda b: 2 + 0.25 * b, seen))
-    assert batch == 24 and seen == [8, 16, 32, 24]
-    assert 2 + 0.25 * batch <= 0.9 * 10
+    lora = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+    run_step = speed.step_runner(trainer)
+    for batch in (8, 16):
+        run_step(batch)
     assert trainer._total_train_tokens == 0 and not trainer._metrics["train"], "probe steps leave no metrics"
     assert all(p.grad is None for p in trainer.model.parameters()), "probe gradients are dropped"
-    speed.set_batch_size(trainer, batch)
+    assert all(torch.equal(p, lora[n]) for n, p in trainer.model.named_parameters() if n in lora), "no optimizer step"
+    speed.set_batch_size(trainer, 24)
     assert len(next(iter(trainer.get_train_dataloader()))["input_ids"]) == 24
 
 
@@ -172,10 +157,39 @@ def test_probe_steps_checkpoint_when_the_run_does(tiny_model_dir: Path, tmp_path
     assert trainer.model.is_gradient_checkpointing
 
 
-def test_auto_batch_treats_out_of_memory_as_over_budget() -> None:
-    """The search alone (the steps are stand-ins): an OOM caps it, and nothing fitting names the fix."""
-    seen: list[int] = []
-    peak = simulated(lambda b: math.inf if b > 20 else 1 + 0.5 * b, seen)  # a real GPU would raise at 32
-    assert speed.pick_batch_size(lambda batch: None, 100, peak) == 16 and seen == [8, 16, 32, 24]
+def test_the_fitted_batch_on_peaks_measured_on_the_h200() -> None:
+    """The line fit on two peaks batch=auto's probe measured (BENCHMARKS.md: hardware=h100, quant=none,
+    80 GiB less 10 %): batch 56 at 70.5 GiB, 64 at 78.1 GiB -> 0.95 GiB a row over 17.3 GiB -> 57.6 rows,
+    so 56, which the probe then measured within the 72 GiB."""
+    assert speed.fitted_batch((56, 70.5), (64, 78.1), usable=72.0, ceiling=63, multiple=8) == 56
+    assert speed.fitted_batch((56, 70.5), (64, 78.1), usable=72.0, ceiling=63, multiple=1) == 57
+    assert speed.fitted_batch((56, 70.5), (64, 78.1), usable=200.0, ceiling=63, multiple=8) == 56, "capped below a failed batch"
+    assert speed.fitted_batch((8, 5.0), (16, 5.0), usable=72.0, ceiling=40, multiple=8) == 40, "flat: the ceiling"
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the probe measures CUDA memory")
+
+
+@pytest.mark.gpu
+@cuda
+def test_auto_batch_on_the_gpu_fits_the_budget_it_measured(tiny_model_dir: Path, tmp_path: Path, sample_texts) -> None:
+    """The real probe (cuda_peak_gib) on real steps: the picked batch's own measured peak is within the
+    budget less the margin, and the next multiple of 8 above it is not (or the search hit its limit)."""
+    trainer = tiny_trainer(tiny_model_dir, tmp_path, sample_texts, gradient_checkpointing=False, use_cpu=False)
+    run_step = speed.step_runner(trainer)
+    budget = 1.5 * speed.cuda_peak_gib(run_step, 64)  # a budget this tiny model can fill
+    batch = speed.pick_batch_size(run_step, budget, limit=4096)
+    assert batch % 8 == 0 and speed.cuda_peak_gib(run_step, batch) <= 0.9 * budget
+    assert batch == 4096 or speed.cuda_peak_gib(run_step, 2 * batch) > 0.9 * budget
     with pytest.raises(MemoryError, match="gradient_checkpointing"):
-        speed.pick_batch_size(lambda batch: None, 4, simulated(lambda b: 1 + 0.5 * b, []))
+        speed.pick_batch_size(run_step, 1e-3)
+
+
+@pytest.mark.gpu
+@cuda
+def test_a_real_out_of_memory_counts_as_over_budget() -> None:
+    def allocate(batch: int) -> None:
+        torch.empty(batch * 2**40, dtype=torch.uint8, device="cuda")  # TiBs: more than any card
+
+    assert speed.cuda_peak_gib(allocate, 64) == math.inf
+    assert speed.cuda_peak_gib(lambda batch: None, 8) < math.inf

@@ -7,9 +7,13 @@ ends. The study itself is the only shared state:
 - budget: a worker claims a trial only while fewer than n_trials are done or running;
   a lock (a file in the sweep dir; on PostgreSQL also an advisory lock, for sweeps on
   other machines) makes that count exact;
-- resume: each running trial gets a heartbeat; a trial whose heartbeat stopped (killed
-  sweep, dead machine) is marked FAIL without a `fail_reason` and re-queued with its
-  params (Optuna's RetryHeartbeatStaleTrialCallback), so a rerun finishes it;
+- resume: a trial stopped by SIGTERM/SIGINT (its job saved a checkpoint and raised
+  Interrupted) goes back to WAITING, the same trial with its `run_dir`: the next claim
+  (this sweep's other workers, or the same command run again) continues it with
+  `resume=<run_dir>`. Each running trial gets a heartbeat; a trial whose heartbeat stopped
+  (SIGKILL, dead machine) is marked FAIL without a `fail_reason` and re-queued as a new
+  trial with its params and user attrs, `run_dir` included (Optuna's
+  RetryHeartbeatStaleTrialCallback), so it too resumes from its last complete checkpoint;
 - failures: a failed trial carries `fail_reason`; once more than max_failure_rate x
   n_trials failed, workers stop claiming.
 """
@@ -18,6 +22,7 @@ import gc
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 import time
@@ -31,17 +36,20 @@ import sqlalchemy
 from hydra.core.utils import JobReturn, JobStatus
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from pricer.interrupt import Interrupted
 from pricer.logs import masked_url
 from pricer.trial import NAN_AT, PRUNED_AT, open_storage
 
 from ._locks import database_lock, file_lock, heartbeat
+from ._signals import SweepStop
 from ._space import SweepConfigError
 
 log = logging.getLogger(__name__)
 
-FAIL_REASON = "fail_reason"  # user attr of a trial that failed (absent: interrupted, re-queued)
+FAIL_REASON = "fail_reason"  # user attr of a trial that failed (absent on a FAIL: its worker died, re-queued)
 WORKER = "worker"  # user attr: host:pid of the worker that claimed the trial
-MAX_RETRY = 2  # an interrupted trial is re-queued at most this often (a trial that kills its worker)
+INTERRUPTED = "interrupted"  # user attr: why the trial last went back to WAITING (a signal)
+MAX_RETRY = 2  # a trial whose worker died is re-queued at most this often (a trial that kills its worker)
 _COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
@@ -91,25 +99,30 @@ def open_study(url: str, name: str, directions: list[str], heartbeat_interval: i
 
 
 def run_trials(study: optuna.Study, suggest: Callable[[Trial], None], launch: Callable[[Trial], JobReturn], *,
-               url: str, n_trials: int, max_failures: float, lock_path: Path, grace_s: float) -> None:
-    """Claim, run and record trials until the budget is spent and nothing runs any more.
+               url: str, n_trials: int, max_failures: float, lock_path: Path, grace_s: float,
+               stop: SweepStop) -> None:
+    """Claim, run and record trials until the budget is spent and nothing runs any more, or a signal stops it.
 
     Waiting for other workers' running trials matters: if one of them dies, its trial is
     re-queued after the grace period and this worker runs it.
     """
-    while failed_count(study) <= max_failures:
+    while failed_count(study) <= max_failures and stop.signum is None:
         trial = claim(study, suggest, url, n_trials, lock_path, grace_s)
         if trial is None:
             if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 return
             time.sleep(min(grace_s / 2, 10))
             continue
-        with heartbeat(study, trial):
-            ret = _launch_guarded(study, trial, launch)
-        tell(study, trial, ret)
+        if stop.signum is not None:  # came while claiming: the trial waits for the next run
+            requeue(study, trial, f"{signal.Signals(stop.signum).name} before its job started")
+            return
+        with heartbeat(study, trial), stop.job():
+            ret = _launch_guarded(study, trial, launch, stop)
+        tell(study, trial, ret, stop)
         del ret  # a failed job's exception holds its frames, hence its model: free it now
         _release_memory()
-    log.error("%d trials failed, more than max_failure_rate allows: no new trials", failed_count(study))
+    if stop.signum is None:
+        log.error("%d trials failed, more than max_failure_rate allows: no new trials", failed_count(study))
 
 
 def claim(study: optuna.Study, suggest: Callable[[Trial], None], url: str, n_trials: int, lock_path: Path,
@@ -166,27 +179,43 @@ def _failed(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and FAIL_REASON in trial.user_attrs
 
 
-def _launch_guarded(study: optuna.Study, trial: Trial, launch: Callable[[Trial], JobReturn]) -> JobReturn:
+def _launch_guarded(study: optuna.Study, trial: Trial, launch: Callable[[Trial], JobReturn],
+                    stop: SweepStop) -> JobReturn:
     """Run the job; an error outside the job (launcher, composition) fails only this trial.
 
-    Ctrl-C marks the trial interrupted and re-queues it at once, so a rerun resumes it.
+    A signal this process's handler raised (Interrupted) or a forced Ctrl-C (KeyboardInterrupt)
+    re-queues the trial as an interrupted one: a rerun resumes it.
     """
     try:
         return launch(trial)
-    except Exception as err:  # noqa: BLE001 - any launcher error is this trial's failure
+    except Exception as err:  # noqa: BLE001 - any launcher error is this trial's failure; Interrupted: tell() re-queues
         return JobReturn(status=JobStatus.FAILED, _return_value=err)
     except BaseException:
-        frozen = study.tell(trial, state=TrialState.FAIL)
-        study._storage.get_heartbeat_stale_trial_callback()(study, frozen)
+        requeue(study, trial, "KeyboardInterrupt")
+        stop.stop(signal.SIGINT)
         raise
 
 
-def tell(study: optuna.Study, trial: Trial, ret: JobReturn) -> None:
-    """Record the job's outcome: COMPLETE, PRUNED (TrialPruned) or FAIL with its reason."""
+def requeue(study: optuna.Study, trial: Trial, why: str) -> None:
+    """Put a trial stopped by a signal back in the queue: the same trial, WAITING, with its params and run_dir.
+
+    Not FAIL: it did not fail, and must not count against max_failure_rate. Optuna's
+    storage allows RUNNING -> WAITING; study.ask() pops it like an enqueued trial.
+    """
+    trial.set_user_attr(INTERRUPTED, why)
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+    log.warning("trial %d interrupted (%s): it waits, rerun the same command to resume it", trial.number, why)
+
+
+def tell(study: optuna.Study, trial: Trial, ret: JobReturn, stop: SweepStop) -> None:
+    """Record the job's outcome: COMPLETE, PRUNED (TrialPruned), WAITING (Interrupted) or FAIL with its reason."""
     if ret.hydra_cfg is not None:
         trial.set_user_attr("output_dir", ret.hydra_cfg.hydra.runtime.output_dir)
     error = ret._return_value if ret.status == JobStatus.FAILED else None
-    if isinstance(error, optuna.TrialPruned):
+    if isinstance(error, Interrupted):
+        requeue(study, trial, str(error))
+        stop.stop(error.signum)
+    elif isinstance(error, optuna.TrialPruned):
         study.tell(trial, state=TrialState.PRUNED)
         log.info("trial %d pruned: %s", trial.number, error)
     else:

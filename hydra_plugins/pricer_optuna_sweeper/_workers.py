@@ -5,6 +5,11 @@ sweep dir (the storage URL and study name come through the environment): it comp
 the same config and runs trials one at a time in its own process (Hydra's in-process
 launcher is safe with one job at a time), on its own GPU through CUDA_VISIBLE_DEVICES.
 Hydra's on_multirun_* callbacks therefore run once per worker, on_job_* once per trial.
+
+Signals: each worker runs in its own session, so a terminal's Ctrl-C reaches only the
+sweep process, which forwards it (and SIGTERM) to every worker exactly once: each saves
+its trial's checkpoint and leaves the trial WAITING. A second signal is forwarded too
+(the workers' forced exit). A worker whose parent dies gets SIGTERM from the kernel.
 """
 
 import ctypes
@@ -14,6 +19,10 @@ import shutil
 import signal
 import subprocess
 import sys
+
+from pricer.interrupt import SIGNALS
+
+from ._signals import SweepStop
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +43,30 @@ def detect_devices() -> list[str]:
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
 
 
-def run_workers(n_jobs: int, devices: list[str], overrides: list[str]) -> list[int]:
-    """Start the workers, wait for all of them; their exit codes."""
+def run_workers(n_jobs: int, devices: list[str], overrides: list[str], stop: SweepStop) -> list[int]:
+    """Start the workers, wait for all of them, forwarding SIGTERM/SIGINT (recorded in `stop`); their exit codes."""
     if devices and n_jobs > len(devices):
         log.warning("%d workers on %d GPUs: some GPUs run two trials at once", n_jobs, len(devices))
     procs = [_start(k, devices[k % len(devices)] if devices else None, overrides) for k in range(n_jobs)]
+
+    def forward(signum: int, frame: object) -> None:
+        stop.stop(signum)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in SIGNALS} if _in_main_thread() else {}
     try:
         return [proc.wait() for proc in procs]
-    except KeyboardInterrupt:  # the workers got the same Ctrl-C: let them record their trials
-        return [proc.wait() for proc in procs]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def _start(index: int, device: str | None, overrides: list[str]) -> subprocess.Popen:
@@ -50,7 +74,7 @@ def _start(index: int, device: str | None, overrides: list[str]) -> subprocess.P
     if device is not None:
         env["CUDA_VISIBLE_DEVICES"] = device
     cmd = [sys.executable, *sys.orig_argv[1:], *overrides]
-    proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent, start_new_session=True)
     log.info("worker %d (pid %d) on %s", index, proc.pid, f"GPU {device}" if device is not None else "the CPU")
     return proc
 

@@ -64,7 +64,7 @@ class PricerOptunaSweeper(Sweeper):
             sys.exit(2)
 
     def _sweep(self, arguments: list[str]) -> None:
-        from . import _space, _study, _workers
+        from . import _signals, _space, _study, _workers
 
         _quiet_optuna()
         self._check_settings()
@@ -88,16 +88,36 @@ class PricerOptunaSweeper(Sweeper):
             OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
             log.info("study %s in %s: %d of %d trials done or running", name, masked_url(url),
                      _study.used_count(study), n_trials)
-        with env_override(self._job_env(url, name)):  # inherited by in-process jobs, workers, sbatch
-            codes = self._run(study, url, n_trials, space, fixed, sweep_dir)
+        with env_override(self._job_env(url, name)), _signals.SweepStop(_runs_in_process(self.launcher)) as stop:
+            codes = self._run(study, url, n_trials, space, fixed, sweep_dir, stop)
         if not is_worker:
             self._write_results(sweep_dir, _study.results(study))
         failed = _study.failed_count(study)
         if failed > self.max_failure_rate * n_trials:
             raise RuntimeError(f"{failed} of {n_trials} trials failed, more than max_failure_rate="
                                f"{self.max_failure_rate} allows; reasons: `python -m pricer.compare {sweep_dir}`")
-        if any(codes):
+        self._exit_if_stopped(study, stop.signum, codes)
+
+    def _exit_if_stopped(self, study: Any, signum: int | None, codes: list[int]) -> None:
+        """A sweep stopped by a signal exits 128 + signal, as pricer.train does; other worker exits are errors.
+
+        A worker stopped on its own (SIGTERM to its pid) is no error when the other workers
+        resumed its trial: the study then holds nothing WAITING.
+        """
+        from optuna.trial import TrialState
+
+        from pricer.interrupt import SIGNALS
+
+        stopped = [code for code in codes if code in {128 + s for s in SIGNALS}]
+        if any(code not in (0, *stopped) for code in codes):
             raise RuntimeError(f"sweep workers exited with codes {codes}: see their logs above")
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        code = 128 + signum if signum is not None else stopped[0] if stopped and waiting else None
+        if code is None:
+            return
+        log.warning("sweep stopped by a signal; %d trials wait (%s): run the same command again to resume them",
+                    len(waiting), ", ".join(str(t.number) for t in waiting) or "none")
+        sys.exit(code)
 
     def _check_settings(self) -> None:
         """Budget, workers, failure rate and directions that cannot work: one line, before any study or dir."""
@@ -173,11 +193,11 @@ class PricerOptunaSweeper(Sweeper):
 
     def _study_address(self, sweep_dir: Path, is_worker: bool) -> tuple[str, str]:
         """Storage URL and study name; a worker inherits its parent's (no URL in overrides: passwords)."""
-        from pricer.trial import ENV_STORAGE, ENV_STUDY
+        from pricer.trial import ENV_STORAGE, ENV_STUDY, study_address
 
         if is_worker:
             return os.environ[ENV_STORAGE], os.environ[ENV_STUDY]
-        return self.storage or f"sqlite:///{sweep_dir / 'optuna.db'}", self.study_name or sweep_dir.name
+        return study_address(sweep_dir, self.storage, self.study_name)
 
     def _open_study(self, url: str, name: str, space: dict) -> tuple[Any, int]:
         """Create or join the study, with this process's sampler and the pruner the jobs will use."""
@@ -194,20 +214,22 @@ class PricerOptunaSweeper(Sweeper):
         return study, n_trials
 
     def _run(self, study: Any, url: str, n_trials: int, space: dict, fixed: dict[str, str],
-             sweep_dir: Path) -> list[int]:
+             sweep_dir: Path, stop: Any) -> list[int]:
         """Run the trial loop here, in n_jobs threads, or in n_jobs worker processes (their exit codes)."""
         from . import _space, _study, _workers
 
         if self.n_jobs > 1 and _runs_in_process(self.launcher):
+            stop.restore()  # the workers handle signals (run_workers forwards them)
             devices = list(map(str, self.devices)) if self.devices else _workers.detect_devices()
             overrides = ["hydra.sweeper.n_jobs=1", f"hydra.sweep.dir={_space.quote(str(sweep_dir))}"]
-            return _workers.run_workers(self.n_jobs, devices, overrides)
+            return _workers.run_workers(self.n_jobs, devices, overrides, stop)
 
         def loop() -> None:
             _study.run_trials(study, lambda trial: self._suggest(trial, space, fixed),
                               lambda trial: self._launch(trial, fixed), url=url, n_trials=n_trials,
                               max_failures=self.max_failure_rate * n_trials, lock_path=sweep_dir / ".optuna.lock",
-                              grace_s=self.grace_period or 2 * self.heartbeat_interval)  # Optuna's default grace
+                              grace_s=self.grace_period or 2 * self.heartbeat_interval,  # Optuna's default grace
+                              stop=stop)
 
         if self.n_jobs == 1:
             loop()
@@ -262,13 +284,22 @@ class PricerOptunaSweeper(Sweeper):
             trial.set_user_attr(key, value)
 
     def _launch(self, trial: Any, fixed: dict[str, str]) -> JobReturn:
-        """Run the trial's job through the launcher (job num = trial number, so its dir too)."""
-        from pricer.trial import ENV_TRIAL
+        """Run the trial's job through the launcher (job num = trial number, so its dir too).
+
+        A trial that was interrupted or whose worker died carries the run dir its job
+        trained in: pricer.train continues that run (`resume=`), from its last complete
+        checkpoint, under the same run name, Hub repo and W&B run.
+        """
+        from pricer.trial import ENV_TRIAL, RUN_DIR
 
         from . import _space
 
         overrides = [f"{k}={_space.override_value(v)}" for k, v in trial.params.items()]
         overrides += [f"{k}={v}" for k, v in fixed.items()]
+        run_dir = _resumable(trial.user_attrs.get(RUN_DIR)) if self.checks_pricer_configs else None
+        if run_dir is not None:
+            log.info("trial %d resumes %s", trial.number, run_dir)
+            overrides.append(f"resume={_space.quote(run_dir)}")
         overrides.append(f"++hydra.job.env_set.{ENV_TRIAL}={trial.number}")  # per job, so via its config
         return self.launcher.launch([overrides], initial_job_idx=trial.number)[0]
 
@@ -277,6 +308,15 @@ class PricerOptunaSweeper(Sweeper):
         if "best_value" in results:
             log.info("best trial %d: %s = %s", results["best_trial"], results["best_params"], results["best_value"])
         log.info("trials by state %s; results in %s", results["trials"], sweep_dir / "optimization_results.yaml")
+
+
+def _resumable(run_dir: str | None) -> str | None:
+    """The run dir if pricer.train can continue it; a finished (or deleted) one is trained afresh."""
+    from pricer.resume import ENDED, RUN_FILE, read_run
+
+    if not run_dir or not (Path(run_dir) / RUN_FILE).exists():
+        return None
+    return None if read_run(Path(run_dir)).get("status") in ENDED else run_dir
 
 
 def _quiet_optuna() -> None:

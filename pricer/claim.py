@@ -1,0 +1,108 @@
+"""Claim a run: its name, dir, Hub repo and W&B run id, decided once, in one place.
+
+A new run's dir was already claimed atomically when Hydra resolved `hydra.run.dir`
+(naming.claim_run_dir: O_EXCL on the name, then mkdir); here the other names follow
+from it and are written to run.json before anything trains. `resume=` claims the
+names of the run it continues instead, so a resumed run keeps its dir, Hub repo and
+W&B run. Every later step reads the names from the returned Claim, never derives them.
+"""
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pricer import naming
+from pricer.resume import check_same_adapter_shape, find_resumable, owner, read_run, write_run
+
+log = logging.getLogger("pricer")
+
+
+@dataclass(frozen=True)
+class Claim:
+    run_dir: Path
+    run_name: str  # the start time, 2024-09-13_13.04.39
+    project_run_name: str  # pricer-2024-09-13_13.04.39: the W&B run's name and the Hub repo's
+    repo_id: str | None  # None: hub.push=false
+    wandb_id: str
+    group: str | None  # a sweep's W&B group
+    resumed: int  # how many times this run was resumed
+
+
+def claim_run(run_dir: Path, project: str, output_root: str, resume: str | None, overrides: list[str],
+              push: bool, hf_user: str | None, private: bool, push_attempts: int, push_wait_s: float,
+              group: str | None, lora: dict[str, Any]) -> Claim:
+    """This run's names, or, with `resume=`, the names of the run it continues.
+
+    `run_dir` is the dir Hydra made for this process; `overrides` are the command line's
+    (resume=auto finds an unfinished run started with the same ones)."""
+    overrides = sorted(o for o in overrides if not o.startswith("resume="))
+    previous = find_resumable(resume, Path(output_root), overrides) if resume else None
+    if previous is not None:
+        check_same_adapter_shape(previous, lora)
+        log.info("resuming %s (this attempt's own log: %s)", previous, run_dir)
+        write_run(previous, status="running", resumed=read_run(previous).get("resumed", 0) + 1, **owner())
+        return _from_run_file(previous)
+    start = naming.run_start(run_dir)
+    run_name = naming.claimed_name(run_dir) or naming.claim_run_name(start, Path(output_root) / ".run_names")
+    repo_id = None
+    if push:  # the token is checked now: a refused one ends the run before training, not at its first push
+        from pricer import hub
+
+        repo_id = naming.hub_repo_id(hub.checked_account(hf_user, push_attempts, push_wait_s), project, run_name)
+    write_run(run_dir, run_name=run_name, project_run_name=naming.project_run_name(project, run_name), repo_id=repo_id,
+              private=private, group=group, wandb_id=naming.tracker_run_id(), overrides=overrides, started=start.isoformat(),
+              status="running", **owner())
+    return _from_run_file(run_dir)
+
+
+def _from_run_file(run_dir: Path) -> Claim:
+    meta = read_run(run_dir)
+    return Claim(run_dir, meta["run_name"], meta["project_run_name"], meta["repo_id"], meta["wandb_id"],
+                 meta.get("group"), meta.get("resumed", 0))
+
+
+@contextmanager
+def recording_status(run_dir: Path, finish: Callable[[str], None]) -> Iterator[None]:
+    """run.json's status after the block: finished, interrupted (a signal: resumable), pruned (a sweep
+    stopped it) or failed (anything else, so resume=auto leaves it alone). `finish(status)` closes the
+    tracker whatever happened, so the next job of a multirun starts its own W&B run."""
+    status = "failed"
+    try:
+        yield
+        status = "finished"
+    except BaseException as err:
+        status = _status_of(err)
+        raise
+    finally:
+        write_run(run_dir, status=status)
+        finish(status)
+
+
+def _status_of(err: BaseException) -> str:
+    from pricer.interrupt import Interrupted
+
+    if isinstance(err, Interrupted):
+        return "interrupted"
+    try:
+        from optuna import TrialPruned
+    except ImportError:
+        return "failed"
+    return "pruned" if isinstance(err, TrialPruned) else "failed"
+
+
+def drop_unclaimed_dir(output_dir: Path) -> None:
+    """Bad input leaves no run dir behind: remove what Hydra wrote there (.hydra/, train.log) unless a
+    run was claimed in it (run.json); anything else in the dir stays."""
+    if (output_dir / "run.json").exists():
+        return
+    import shutil
+
+    shutil.rmtree(output_dir / ".hydra", ignore_errors=True)
+    (output_dir / "train.log").unlink(missing_ok=True)
+    try:
+        output_dir.rmdir()
+    except OSError:
+        pass  # not empty: the user's own files

@@ -1,0 +1,114 @@
+"""Train the LoRA adapter with TRL, from the last complete checkpoint if there is one, and save it.
+
+One call does the whole training step of a run: build the trainer, apply the speed
+switches in the order they need, train (or, if an earlier attempt already finished
+training, load its adapter), save the adapter and return the training numbers. A
+signal stops training at a saved checkpoint (pricer.interrupt.Interrupted); one that
+comes after the last step is held until the adapter is saved, so a resume then only
+evaluates.
+"""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pricer.data import Items
+from pricer.resume import read_run, write_run
+
+log = logging.getLogger("pricer")
+
+
+def fit(model, tokenizer, train_dataset, val: Items | None, *, run_dir: Path, run_name: str, sft: dict[str, Any],
+        lora: dict[str, Any], seed: int, accelerator: str, compute_dtype: str, report_to: list[str], keeper,
+        eval_steps: int | None, top_k: int, batch_tokens: int, lean_4bit: bool, memory_gib: float | None,
+        compile_layers: bool):
+    """The trained PEFT model and the run's training numbers (loss, steps, seconds, trainable params).
+
+    `memory_gib=None` keeps `sft`'s batch size; a number measures peak memory and fills it.
+    `keeper` (pricer.push.CheckpointKeeper) pushes and rotates checkpoints as they are saved."""
+    from pricer import speed, trial
+    from pricer.interrupt import Interrupted, StopOnSignal
+    from pricer.modeling import build_lora_config
+    from pricer.training import build_sft_config, build_trainer
+
+    checkpoints_dir, adapter_dir = run_dir / "checkpoints", run_dir / "adapter"
+    args = build_sft_config(sft, output_dir=str(checkpoints_dir), run_name=run_name, report_to=report_to, seed=seed,
+                            use_cpu=accelerator == "cpu")
+    stopper = StopOnSignal()
+    callbacks = [keeper, stopper, *trial.trial_callbacks(eval_during_training=bool(eval_steps))]
+    trainer = build_trainer(model, tokenizer, args, build_lora_config(lora), train_dataset, callbacks, compute_dtype)
+    speed.causal_mask_only(trainer.model, accelerator)
+    if lean_4bit:  # before the batch probe: it counts the fp32 absmax this drops
+        from pricer.frozen4bit import lean_4bit_linears
+
+        lean_4bit_linears(trainer.model)
+    if eval_steps:
+        from pricer.evaluate import price_eval_callback
+
+        trainer.add_callback(price_eval_callback(trainer, val.prompts, val.prices, eval_steps, top_k, batch_tokens,
+                                                 sft["max_length"]))
+    if memory_gib is not None:  # before compiling: the probe then measures eager memory, the safe side
+        speed.set_batch_size(trainer, speed.pick_batch_size(speed.step_runner(trainer), memory_gib))
+    if compile_layers:
+        speed.compile_layers(trainer.model)
+    trainable = log_sizes(trainer, args)
+    training = read_run(run_dir).get("trained")  # set once training ended: a resume then only evaluates
+    if training and (adapter_dir / "adapter_model.safetensors").exists():
+        from pricer.modeling import load_adapter_weights
+
+        log.info("training ended at step %d in an earlier attempt: evaluating its adapter only", training["train_steps"])
+        load_adapter_weights(trainer.model, adapter_dir)
+    else:
+        training = train_and_save(trainer, tokenizer, stopper, keeper, checkpoints_dir, adapter_dir)
+        write_run(run_dir, trained=training)
+        if stopper.signum is not None:  # came while the adapter was saved: it is, so a resume evaluates
+            raise Interrupted(stopper.signum, training["train_steps"], evaluating=True)
+    return trainer.model, training | {"trainable_params": trainable}
+
+
+def train_and_save(trainer, tokenizer, stopper, keeper, checkpoints_dir: Path, adapter_dir: Path) -> dict[str, Any]:
+    """Train (from the last complete checkpoint, if any) and save the final adapter; the training numbers."""
+    from pricer import trial
+    from pricer.interrupt import Interrupted
+    from pricer.resume import complete_checkpoints, drop_incomplete_checkpoints
+
+    drop_incomplete_checkpoints(checkpoints_dir)
+    last = complete_checkpoints(checkpoints_dir)[-1:] if checkpoints_dir.exists() else []
+    if last:
+        log.info("continuing from %s", last[0])
+    stopper.install()
+    try:
+        try:
+            result = trainer.train(resume_from_checkpoint=str(last[0]) if last else None)
+        finally:
+            keeper.close()  # pushes queued checkpoints, however training ended
+        if stopper.signum is not None and trainer.state.global_step < trainer.state.max_steps:
+            raise Interrupted(stopper.signum, trainer.state.global_step)
+        trial.raise_if_pruned()  # after the trainer's own shutdown: a pruned trial keeps its checkpoint
+        trainer.model.save_pretrained(adapter_dir)  # the adapter only, a few MB
+        tokenizer.save_pretrained(adapter_dir)
+    finally:
+        stopper.restore()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {
+        "train_loss": result.training_loss,
+        "first_logged_loss": losses[0] if losses else float("nan"),
+        "last_logged_loss": losses[-1] if losses else float("nan"),
+        "train_steps": result.global_step,
+        "train_runtime_s": result.metrics.get("train_runtime", float("nan")),
+    }
+
+
+def log_sizes(trainer, args) -> int:
+    """Log parameter counts and the effective batch; returns the trainable parameter count."""
+    from pricer.training import count_parameters
+
+    trainable, total = count_parameters(trainer.model)
+    batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    log.info(
+        "trainable params %s of %s (%.2f%%); effective batch %d = %d per device x %d accumulation x %d devices; "
+        "<= %s tokens per step",
+        f"{trainable:,}", f"{total:,}", 100 * trainable / total, batch, args.per_device_train_batch_size,
+        args.gradient_accumulation_steps, args.world_size, f"{batch * args.max_length:,}",
+    )
+    return trainable

@@ -1,0 +1,125 @@
+"""pricer's typed schema (conf/ holds every default), the library objects built from the groups,
+the notes a run logs for presets that set other groups, and pricer.push's settings from the run."""
+
+import dataclasses
+import re
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+from conftest import CONF_DIR, compose_train
+from omegaconf import OmegaConf
+
+from pricer import config
+from pricer.config import ConfigError, preset_notes, preset_overrides, validate
+
+DEMO = ["experiment=demo"]
+
+
+def schema_classes() -> list[type]:
+    """Config and every dataclass reachable from its fields (tracking's union included)."""
+    found, todo = [], [config.Config]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        for hint in config.schema_fields(cls).values():
+            todo += [c for c in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(c) and c not in found]
+    return found
+
+
+@pytest.mark.parametrize("cls", schema_classes(), ids=lambda c: c.__name__)
+def test_the_schema_holds_no_defaults(cls: type) -> None:
+    """conf/ holds every value: a default here would be a second copy that a YAML edit never reaches."""
+    for field in dataclasses.fields(cls):
+        assert field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING, field.name
+
+
+def validate_demo(overrides: list[str], edit=None):
+    cfg, choices = compose_train([*DEMO, *overrides])
+    if edit:
+        edit(cfg)
+    return validate(cfg, choices, check_machine=False)
+
+
+BAD = [  # what the schema itself says, beside tests/test_bad_input.py's table
+    ([], lambda c: c.hub.pop("push_attempts"), "hub.push_attempts is missing: add it to the config"),
+    ([], lambda c: c.pop("seed"), "seed is missing"),
+    ([], lambda c: c.hardware.pop("liger"), "hardware.liger is missing"),
+    (["tracking=wandb"], lambda c: c.tracking.pop("project"), "tracking.project is missing"),
+    (["+tracking.project=x"], None, "tracking.project is not a known key"),  # tracking=none has only its backend
+    ([], lambda c: c.tracking.pop("backend"), "tracking.backend is missing"),
+    (["evaluation.top_k=0"], None, "evaluation.top_k=0 must be a positive integer"),
+    (["evaluation.eval_steps=-1"], None, "evaluation.eval_steps=-1 must be a positive integer or null"),
+    (["hub.push_wait_s=soon"], None, "hub.push_wait_s='soon' must be float"),
+    (["hardware.per_device_train_batch_size=big"], None, "hardware.per_device_train_batch_size='big' must be int or auto"),
+    (["hardware.accelerator=tpu"], None, "hardware.accelerator=tpu is not one of cuda, cpu"),
+    ([], lambda c: c.pop("model"), "model is missing"),
+    ([], lambda c: c.__setitem__("hub", "on"), "hub='on' must be a group of keys"),
+    # the library's own object refuses it: LoraConfig, SFTConfig, each as one line
+    (["+lora.layers_pattern=layers"], None, "lora: `layers_pattern` cannot be used when `target_modules` is a str: fix"),
+    (["training.eval_strategy=sometimes"], None, "SFTConfig refused them: sometimes is not a valid IntervalStrategy"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "edit", "message"), BAD, ids=[m.split(" ")[0] + " " + " ".join(o) for o, _, m in BAD])
+def test_schema_errors_name_the_key(overrides: list[str], edit, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
+        validate_demo(overrides, edit)
+    assert "\n" not in str(err.value)
+
+
+def test_the_schema_values_pass_through_unchanged() -> None:
+    run = validate_demo(["hardware.per_device_train_batch_size=4"])
+    assert run.tracking == {"backend": "none"} and run.accelerator == "cpu" and run.sft["per_device_train_batch_size"] == 4
+    assert set(config.SCHEMA["evaluation"]) == {"test_items", "top_k", "batch_tokens", "eval_steps", "val_items"}
+    assert config.HARDWARE_KEYS == ("accelerator", "memory_gib", "compute_dtype", "liger", "compile", "lean_4bit")
+
+
+@pytest.mark.parametrize("hardware", ["a100", "h100", "t4"])
+def test_a_preset_that_sets_another_group_says_so(hardware: str) -> None:
+    """hardware=a100/h100/t4 pick the fused AdamW: the run's first log line and the file's first lines say it."""
+    _, choices = compose_train([f"hardware={hardware}"])
+    assert preset_notes(choices) == [f"hardware={hardware} also sets optimizer=adamw_torch_fused"]
+    _, choices = compose_train([f"hardware={hardware}", "optimizer=paged_adamw_8bit"])
+    assert preset_notes(choices) == [], "the command line won: nothing set behind the user's back"
+
+
+def test_presets_of_other_groups_set_nothing_else() -> None:
+    for overrides in ([], ["hardware=a100_notebook"], ["hardware=cpu", "optimizer=adamw_torch"], ["lora=r8", "quant=int8"]):
+        assert preset_notes(compose_train(overrides)[1]) == [], overrides
+    notes = preset_notes(compose_train(DEMO)[1])
+    assert len(notes) == 1 and notes[0].startswith("experiment=demo also sets model=tiny, data=sample, hardware=cpu")
+
+
+@pytest.mark.parametrize("path", sorted((CONF_DIR / "hardware").glob("*.yaml")), ids=lambda p: p.stem)
+def test_hardware_files_name_what_else_they_set_in_their_first_lines(path: Path) -> None:
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("# python -m pricer.train ") and f"hardware={path.stem}" in lines[0]
+    for group, option in preset_overrides("hardware", path.stem).items():
+        assert f"Also sets {group}={option}" in lines[1], path
+
+
+def write_run(run_dir: Path, hub: dict | None) -> None:
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml({"hub": hub} if hub else {"model": {}}))
+    (run_dir / "run.json").write_text('{"repo_id": "me/pricer-x", "private": true}')
+
+
+def test_push_reads_its_retry_settings_from_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No second copy of hub.push_attempts/push_wait_s in pricer.push: the run's composed config
+    holds them, and a flag beats it."""
+    from pricer import push
+
+    calls = []
+    monkeypatch.setattr(push, "push_pending", lambda run_dir, attempts, wait_s: calls.append((attempts, wait_s)) or [])
+    monkeypatch.setattr(push, "read_run", lambda run_dir: {"repo_id": "me/pricer-x"})
+    write_run(tmp_path / "run", {"push_attempts": 3, "push_wait_s": 0.5})
+    for argv, expected in (([], (3, 0.5)), (["--attempts", "7"], (7, 0.5)), (["--wait-s", "0"], (3, 0.0))):
+        monkeypatch.setattr(sys, "argv", ["pricer.push", str(tmp_path / "run"), *argv])
+        push.main()
+        assert calls.pop() == expected, argv
+    write_run(tmp_path / "old", None)
+    monkeypatch.setattr(sys, "argv", ["pricer.push", str(tmp_path / "old")])
+    with pytest.raises(SystemExit, match=r"has no hub.push_attempts: pass --attempts N"):
+        push.main()

@@ -1,0 +1,258 @@
+"""Sweeps that survive (issue 14 item 2): signals, killed workers, pruning's direction, the summary.
+
+Faults are injected into real processes: SIGTERM to a sweep or to one of its workers,
+SIGKILL to a sweep in the middle of a trial. Each test then reads the study (trial
+states, user attrs) and the run dirs (run.json, checkpoints) that the processes left.
+The toy app of test_sweeper.py checks the sweeper's side in seconds; the slow tests run
+pricer.train on the tiny model.
+"""
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from conftest import ROOT, run_cli
+from optuna.trial import TrialState
+from test_sweeper import runs, states, study, toy_env, write_toy
+
+# --- the sweeper's side, on the toy app ---------------------------------------------------------
+
+
+def _toy_sweep(folder: Path, *overrides: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "toy.py", "steps=40", "sleep=0.05", *overrides], cwd=folder,
+                            env=toy_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(condition, timeout: float = 90, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _running(folder: Path) -> list[optuna.trial.FrozenTrial]:
+    if not (folder / "sweep" / "multirun.yaml").exists():  # written once the study exists
+        return []
+    return [t for t in study(folder).trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
+
+
+@pytest.fixture
+def toy(tmp_path: Path) -> Path:
+    write_toy(tmp_path)
+    return tmp_path
+
+
+def test_sigterm_to_a_sweep_leaves_its_trial_waiting_and_a_rerun_finishes_it(toy: Path) -> None:
+    first = _toy_sweep(toy)
+    _wait_for(lambda: any(t.number == 1 for t in _running(toy)), what="trial 1 to run")
+    first.send_signal(signal.SIGTERM)
+    out, _ = first.communicate(timeout=60)
+    assert first.returncode == 128 + signal.SIGTERM, out[-3000:]
+    s = study(toy)
+    assert [t.state for t in s.trials] == [TrialState.COMPLETE, TrialState.WAITING], states(s)
+    assert "SIGTERM" in s.trials[1].user_attrs["interrupted"]
+    assert "fail_reason" not in s.trials[1].user_attrs
+
+    again = _toy_sweep(toy)
+    out, _ = again.communicate(timeout=120)
+    assert again.returncode == 0, out[-3000:]
+    s = study(toy)
+    assert states(s) == {"COMPLETE": 4}, "the interrupted trial is the same trial, finished, not a failure"
+    assert sorted(r["number"] for r in runs(toy)) == [0, 1, 2, 3]  # trial 1's job ran to its end once
+
+
+def test_sigterm_to_one_worker_stops_it_and_the_other_worker_resumes_its_trial(toy: Path) -> None:
+    sweep = _toy_sweep(toy, "hydra.sweeper.n_jobs=2")
+    _wait_for(lambda: len(_running(toy)) == 2, what="both workers to run a trial")
+    victim = _running(toy)[0]
+    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGTERM)
+    out, _ = sweep.communicate(timeout=120)
+    assert sweep.returncode == 0, out[-3000:]  # the study finished: the stopped worker is no error
+    s = study(toy)
+    assert states(s) == {"COMPLETE": 4}
+    assert "SIGTERM" in s.trials[victim.number].user_attrs["interrupted"]
+    again = [r for r in runs(toy) if r["number"] == victim.number]
+    assert len(again) == 1 and again[0]["pid"] != int(victim.user_attrs["worker"].rsplit(":", 1)[1])
+
+
+def test_sigterm_to_a_parallel_sweep_stops_every_worker(toy: Path) -> None:
+    sweep = _toy_sweep(toy, "hydra.sweeper.n_jobs=2")
+    _wait_for(lambda: len(_running(toy)) == 2, what="both workers to run a trial")
+    sweep.send_signal(signal.SIGTERM)  # the sweep process only: it forwards the signal to its workers
+    out, _ = sweep.communicate(timeout=60)
+    assert sweep.returncode == 128 + signal.SIGTERM, out[-3000:]
+    s = study(toy)
+    assert "FAIL" not in states(s) and states(s).get("WAITING") == 2, states(s)
+    done = _toy_sweep(toy, "hydra.sweeper.n_jobs=2")
+    out, _ = done.communicate(timeout=120)
+    assert done.returncode == 0, out[-3000:]
+    assert states(study(toy)) == {"COMPLETE": 4}
+
+
+# --- pruning reads the study's direction ----------------------------------------------------------
+
+
+def _trial_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direction: str, metric: str) -> optuna.Study:
+    """A study with a pruner that stops everything, and this process as its trial 0."""
+    from pricer import trial as job
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    s = optuna.create_study(study_name="dir", storage=url, direction=direction)
+    s.set_user_attr(job.PRUNER_ATTR, {"_target_": "optuna.pruners.ThresholdPruner", "lower": 1e9})
+    t = s.ask()
+    for key, value in {job.ENV_STORAGE: url, job.ENV_STUDY: "dir", job.ENV_TRIAL: str(t.number),
+                       job.ENV_METRIC: metric}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(job, "_trial", functools.lru_cache(maxsize=1)(job._trial.__wrapped__))
+    return s
+
+
+@pytest.mark.parametrize(("direction", "metric", "logs", "reported"), [
+    ("maximize", "val/hit_rate", {"loss": 2.0}, {}),  # the loss runs the other way: never reported
+    ("maximize", "val/hit_rate", {"eval_hit_rate": 40.0}, {10: 40.0}),
+    ("minimize", "val/price_error", {"loss": 2.0}, {10: 2.0}),
+    ("maximize", "val/price_error", {"eval_price_error": 30.0}, {}),  # a custom direction against an error
+])
+def test_an_intermediate_value_against_the_studys_direction_is_never_reported(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direction: str, metric: str, logs: dict,
+        reported: dict) -> None:
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from pricer import trial as job
+
+    s = _trial_of(tmp_path, monkeypatch, direction, metric)
+    (callback,) = job.trial_callbacks(eval_during_training="eval_" in next(iter(logs)))
+    args, state, control = TrainingArguments(output_dir=str(tmp_path), report_to=[]), TrainerState(), TrainerControl()
+    callback.on_train_begin(args, state, control)
+    state.global_step = 10
+    callback.on_log(args, state, control, logs=logs)
+    assert s.trials[0].intermediate_values == reported
+    assert control.should_training_stop == bool(reported), "only a reported value reaches the pruner"
+
+
+# --- pricer.train on the tiny model -------------------------------------------------------------------
+
+TRIALS = [
+    "--multirun",
+    "hydra/sweeper=pricer_optuna",
+    "experiment=demo",
+    "optimizer.learning_rate=tag(log, interval(3e-4, 3e-3))",
+    "hydra.sweeper.n_trials=2",
+    "hydra.sweeper.sampler.seed=0",
+    "training.max_steps=8",
+    "training.logging_steps=2",
+    "training.save_steps=4",
+    "evaluation.val_items=16",
+    "evaluation.test_items=16",
+]
+
+
+def _sweep_args(tmp_path: Path, *extra: str) -> list[str]:
+    return [*TRIALS, *extra, f"output_root={tmp_path}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+
+
+def _start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pricer.train", *args], cwd=ROOT, env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _sweep_study(tmp_path: Path) -> optuna.Study:
+    return optuna.load_study(study_name="sweep", storage=f"sqlite:///{tmp_path / 'sweep' / 'optuna.db'}")
+
+
+def _steps(checkpoint: Path) -> list[int]:
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return [entry["step"] for entry in state["log_history"] if "loss" in entry]
+
+
+def _saved(run_dir: Path) -> bool:
+    return (run_dir / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_mid_trial_then_the_same_command_resumes_it_in_its_run_dir(tmp_path: Path, hub_stand_in) -> None:
+    args, env = _sweep_args(tmp_path, "hub.push=true", "tracking=wandb"), {"HF_HUB_OFFLINE": "0"}
+    run_dir = tmp_path / "sweep" / "0"
+    first = _start(args, env)
+    _wait_for(lambda: _saved(run_dir) or first.poll() is not None, timeout=240, what="trial 0's first checkpoint")
+    first.send_signal(signal.SIGTERM)
+    out, _ = first.communicate(timeout=240)
+    assert first.returncode == 128 + signal.SIGTERM, out[-3000:]
+    (trial,) = _sweep_study(tmp_path).trials
+    assert trial.state == TrialState.WAITING and "SIGTERM" in trial.user_attrs["interrupted"]
+    assert trial.user_attrs["run_dir"] == str(run_dir)
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["status"] == "interrupted"
+    from pricer.resume import checkpoint_step, complete_checkpoints
+
+    step = checkpoint_step(complete_checkpoints(run_dir / "checkpoints")[-1])
+    assert 4 <= step < 8
+
+    again = run_cli(args, env=env, timeout=480)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"continuing from {run_dir / 'checkpoints' / f'checkpoint-{step}'}" in again.stdout + again.stderr
+    s = _sweep_study(tmp_path)
+    assert [t.state for t in s.trials] == [TrialState.COMPLETE] * 2
+    resumed = json.loads((run_dir / "run.json").read_text())
+    assert (resumed["status"], resumed["resumed"]) == ("finished", 1)
+    assert (resumed["run_name"], resumed["repo_id"], resumed["wandb_id"]) == (meta["run_name"], meta["repo_id"],
+                                                                               meta["wandb_id"])
+    assert s.trials[0].user_attrs["hub_repo"] == meta["repo_id"] and len(hub_stand_in.repos) == 2  # no third repo
+    assert _steps(run_dir / "checkpoints" / "checkpoint-8") == [2, 4, 6, 8]  # one curve, not from step 0
+    attempts = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(attempts) == 2 and len({p.name.rsplit("-", 1)[1] for p in attempts}) == 1  # one W&B run, resumed
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # retried_trial_number
+def test_sigkill_mid_trial_then_the_same_command_resumes_it_from_its_checkpoint(tmp_path: Path) -> None:
+    args = _sweep_args(tmp_path, "hydra.sweeper.heartbeat_interval=1")  # stale 2 s after the kill
+    run_dir = tmp_path / "sweep" / "0"
+    first = _start(args)
+    _wait_for(lambda: _saved(run_dir) or first.poll() is not None, timeout=240, what="trial 0's first checkpoint")
+    first.kill()
+    first.communicate(timeout=60)
+    (killed,) = _sweep_study(tmp_path).trials
+    assert killed.state == TrialState.RUNNING and killed.user_attrs["run_dir"] == str(run_dir)
+    name = json.loads((run_dir / "run.json").read_text())["run_name"]
+
+    again = run_cli(args, timeout=480)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"continuing from {run_dir / 'checkpoints'}/checkpoint-" in again.stdout + again.stderr
+    s = _sweep_study(tmp_path)
+    assert states(s) == {"FAIL": 1, "COMPLETE": 2} and "fail_reason" not in s.trials[0].user_attrs
+    retry = s.trials[1]
+    assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 0
+    assert retry.params == killed.params and retry.user_attrs["run_dir"] == str(run_dir)
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert (meta["status"], meta["run_name"], meta["resumed"]) == ("finished", name, 1)
+    assert _steps(run_dir / "checkpoints" / "checkpoint-8") == [2, 4, 6, 8]
+    assert not (tmp_path / "sweep" / "1" / "checkpoints").exists(), "the retry trained in trial 0's run dir"
+
+
+@pytest.mark.slow
+def test_summary_of_a_parallel_sweep_lists_every_trial_once(tmp_path: Path) -> None:
+    """2 workers, a maximised hit rate: the sweep's table holds both workers' trials, best (highest)
+    first, and no trial reported its train loss (it runs the other way)."""
+    args = _sweep_args(tmp_path, "hydra.sweeper.n_jobs=2", "optimized_metric=val/hit_rate",
+                       "hydra.sweeper.direction=maximize", "training.max_steps=4")
+    out = run_cli(args, timeout=480)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = yaml.safe_load((tmp_path / "sweep" / "summary.yaml").read_text())
+    s = _sweep_study(tmp_path)
+    assert sorted(job["job"] for job in summary["jobs"]) == [0, 1]
+    assert len({t.user_attrs["worker"] for t in s.trials}) == 2, "one trial per worker: each saw only its own"
+    values = [job["objective"] for job in summary["jobs"]]
+    assert values == sorted(values, reverse=True) and summary["metric"] == "val/hit_rate"
+    assert {job["job"]: job["objective"] for job in summary["jobs"]} == {t.number: t.value for t in s.trials}
+    assert all(job["status"] == "COMPLETED" for job in summary["jobs"])
+    assert all(t.intermediate_values == {} for t in s.trials)
