@@ -15,7 +15,7 @@ demo: ## the embedded default: tiny model, 4-bit, sample data, CPU, no network, 
 test: ## the CI suite (CPU, tiny models, local Hub stand-in, W&B offline)
 	$(PY) -m pytest -q
 
-test-fast: ## the quick loop: tests not marked slow (no training, no sweep, no server)
+test-fast: ## the quick loop: tests not marked slow (no training, no sweep, no server, no CLI subprocess)
 	$(PY) -m pytest -q -m "not slow"
 
 test-full: ## the suite with the GPU tests (on a GPU machine; they skip without one)

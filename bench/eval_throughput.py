@@ -21,8 +21,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_report import write_section  # noqa: E402  (bench/bench_report.py, beside this script)
+from omegaconf import OmegaConf  # noqa: E402
 
-from pricer.predict import DEFAULT_BATCH_TOKENS, predict_ids  # noqa: E402
+from pricer.predict import predict_ids  # noqa: E402
+
+# what a run predicts with: conf/train.yaml's evaluation group
+EVALUATION = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "train.yaml").evaluation
 
 LLAMA31_8B = dict(
     hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
@@ -97,7 +101,7 @@ def course_generate_loop(model, prompts: list[list[int]], values: torch.Tensor) 
     return guesses
 
 
-def course_forward_loop(model, prompts: list[list[int]], values: torch.Tensor, top_k: int = 3) -> list[float]:
+def course_forward_loop(model, prompts: list[list[int]], values: torch.Tensor, top_k: int = EVALUATION.top_k) -> list[float]:
     """The course's improved predictor: one prompt, one forward, weighted top-3 on the CPU."""
     device = next(model.parameters()).device
     guesses = []
@@ -160,7 +164,7 @@ def pricer_rows(model, prompts, values, item_counts, budgets, device: str, label
     rows = []
     for items in item_counts:
         for tokens in budgets:
-            seconds, _ = timed(partial(predict_ids, model, prompts[:items], values, batch_tokens=tokens), device)
+            seconds, _ = timed(partial(predict_ids, model, prompts[:items], values, EVALUATION.top_k, tokens), device)
             rows.append((f"pricer.predict: sorted batches of <= {tokens:,} tokens{label}", items, seconds))
     return rows
 
@@ -201,7 +205,7 @@ def main() -> None:
     parser.add_argument("--forward-items", type=int, default=50)
     parser.add_argument("--plain-items", type=int, default=1000)
     parser.add_argument("--items", type=int, nargs="+", default=[250, 2000])
-    parser.add_argument("--batch-tokens", type=int, nargs="+", default=[DEFAULT_BATCH_TOKENS])
+    parser.add_argument("--batch-tokens", type=int, nargs="+", default=[EVALUATION.batch_tokens])
     parser.add_argument("--liger", action="store_true",
                         help="then patch in Liger's fused RMSNorm/SwiGLU/RoPE (CUDA, liger-kernel) and time again")
     parser.add_argument("--markdown", type=Path, default=Path("BENCHMARKS.md"))
@@ -221,7 +225,7 @@ def main() -> None:
     course_forward_loop(model, warm, values)
     plain_batched_forward(model, prompts[:128], values)
     for tokens in args.batch_tokens:
-        predict_ids(model, prompts[:256], values, batch_tokens=tokens)
+        predict_ids(model, prompts[:256], values, EVALUATION.top_k, tokens)
 
     rows = []
     seconds, _ = timed(lambda: course_generate_loop(model, prompts[: args.generate_items], values), args.device)
@@ -231,7 +235,7 @@ def main() -> None:
     seconds, _ = timed(lambda: plain_batched_forward(model, prompts[: args.plain_items], values), args.device)
     rows.append(("plain batched forward: batch 64, given order, left padding + mask", args.plain_items, seconds))
     rows += pricer_rows(model, prompts, values, args.items, args.batch_tokens, args.device, "")
-    batched = predict_ids(model, prompts[: args.forward_items], values)
+    batched = predict_ids(model, prompts[: args.forward_items], values, EVALUATION.top_k, EVALUATION.batch_tokens)
     found = [(a, b) for a, b in zip(alone, batched, strict=True) if a > 0]  # elsewhere pricer's fallback answers, not 0
     write_section(args.markdown, SECTION, report(args, rows, dtype, found))
     if args.liger:
@@ -240,7 +244,7 @@ def main() -> None:
         apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
                                     fused_linear_cross_entropy=False, model=model)
         for tokens in args.batch_tokens:
-            predict_ids(model, prompts[:256], values, batch_tokens=tokens)  # Triton compiles its kernels here
+            predict_ids(model, prompts[:256], values, EVALUATION.top_k, tokens)  # Triton compiles its kernels here
         rows += pricer_rows(model, prompts, values, args.items, args.batch_tokens, args.device, " + Liger kernels")
         write_section(args.markdown, SECTION, report(args, rows, dtype, found))
     print(report(args, rows, dtype, found), flush=True)

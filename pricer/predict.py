@@ -22,8 +22,6 @@ import torch
 
 from pricer.modeling import unwrap_peft
 
-DEFAULT_TOP_K = 3  # the course's top_K
-DEFAULT_BATCH_TOKENS = 32_768  # ~200 prompts, est. ~4 GB of activations on 8B; +11 % items/s over 8k (BENCHMARKS.md)
 GENERATE_TOKENS = 4  # "123.45" is "123", ".", "45": the first token already holds the dollars
 NO_ANSWER = 0.0  # an unparseable answer: the course's extract_price also returns 0 (a miss, never hidden)
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -126,8 +124,8 @@ def predict_ids(
     model,
     sequences: list[list[int]],
     values: torch.Tensor,
-    top_k: int = DEFAULT_TOP_K,
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    top_k: int,
+    batch_tokens: int,
     pad_id: int = 0,
 ) -> list[float]:
     """Fast path on token ids (each ending at `Price is $`); predictions in input order."""
@@ -164,7 +162,7 @@ def generate_prices(
     model,
     tokenizer,
     sequences: list[list[int]],
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    batch_tokens: int,
     max_new_tokens: int = GENERATE_TOKENS,
 ) -> list[float]:
     """General path: batched greedy generation (left padding), then the first number."""
@@ -201,8 +199,8 @@ def predict_prices(
     model,
     tokenizer,
     prompts: list[str],
-    top_k: int = DEFAULT_TOP_K,
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    top_k: int,
+    batch_tokens: int,
     values: torch.Tensor | None = None,
     max_length: int | None = None,
 ) -> list[float]:

@@ -19,6 +19,9 @@ from pricer import PACKAGE_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
+# prediction settings as a run takes them from conf/train.yaml (the course's top-3, tokens per batch)
+TOP_K = OmegaConf.load(CONF_DIR / "train.yaml").evaluation.top_k
+BATCH_TOKENS = OmegaConf.load(CONF_DIR / "train.yaml").evaluation.batch_tokens
 # A short, seeded demo run: enough steps for the loss to fall, small enough for CI.
 SMOKE = [
     "experiment=demo",

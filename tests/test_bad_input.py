@@ -140,12 +140,14 @@ def test_bad_dataset_names_the_row(tmp_path: Path, rows: list[dict], message: st
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_resume_of_a_dir_that_is_no_run(tmp_path: Path) -> None:
     out = run_cli([*DEMO, f"resume={tmp_path}", f"hydra.run.dir={tmp_path}/run", f"output_root={tmp_path}"])
     assert out.returncode == 2
     assert f"error: resume={tmp_path} is not a pricer run dir (no run.json)" in out.stderr
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_cli_exits_with_one_line_before_loading_anything(tmp_path: Path) -> None:
     out = run_cli([*DEMO, "lora.lora_dropout=1.5", f"hydra.run.dir={tmp_path}/run", f"output_root={tmp_path}"])
     assert out.returncode == 2

@@ -140,6 +140,7 @@ EVALUATES = [  # python -m pricer.evaluate ..., from {tmp}: its default output w
 
 @pytest.mark.parametrize(("args", "message"), EVALUATES,
                          ids=[" ".join(x for x in a if x not in BASE).replace("{tmp}", "") for a, _ in EVALUATES])
+@pytest.mark.slow  # the CLI in subprocesses, 11 cases
 def test_bad_evaluate_input(workdir: Path, args: list[str], message: str) -> None:
     before = files_under(workdir)
     proc = run_module("pricer.evaluate", with_tmp(args, workdir), cwd=workdir)

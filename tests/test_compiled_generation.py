@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import BATCH_TOKENS, TOP_K
 from test_speed import tiny_trainer
 from torch._dynamo.utils import counters
 
@@ -15,9 +16,9 @@ from pricer.predict import generate_prices, predict_prices
 def predictions(model, tokenizer, prompts: list[str]) -> tuple[list[float], list[float], list[list[int]]]:
     """Both of pricer's paths (one forward pass; greedy generation with a KV cache, left padded) and
     the greedy tokens of one batched, left-padded generate."""
-    fast = predict_prices(model, tokenizer, prompts, batch_tokens=200)
+    fast = predict_prices(model, tokenizer, prompts, TOP_K, batch_tokens=200)
     sequences = tokenizer(prompts)["input_ids"]
-    generated = generate_prices(model, tokenizer, sequences)
+    generated = generate_prices(model, tokenizer, sequences, BATCH_TOKENS)
     batch = tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt")
     model.eval()
     with torch.inference_mode():
@@ -26,6 +27,7 @@ def predictions(model, tokenizer, prompts: list[str]) -> tuple[list[float], list
     return fast, generated, out[:, batch["input_ids"].shape[1] :].tolist()
 
 
+@pytest.mark.slow  # torch.compile of the tiny model: ~40 s
 def test_compiled_layers_predict_as_eager_ones(tiny_model_dir: Path, tmp_path: Path, sample_texts: list[str]) -> None:
     """train.py compiles each decoder layer (dynamic shapes) and, after training, scores the same model
     object in eval mode: the fast path calls the decoder directly, generation runs the layers with a KV

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import BATCH_TOKENS, TOP_K
 
 from pricer import PACKAGE_DIR
 from pricer.evaluate import CHART_FILE, METRICS_FILE, evaluate_model, main, price_eval_callback
@@ -61,14 +62,15 @@ def run(tmp_path_factory, tiny_model_dir):
 @pytest.fixture(scope="module")
 def adapter_metrics(run, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
-    return out, evaluate_model(run.model, run.tokenizer, run.prompts, run.prices, out, run.train_prices)
+    return out, evaluate_model(run.model, run.tokenizer, run.prompts, run.prices, out, run.train_prices, TOP_K,
+                               BATCH_TOKENS)
 
 
 def test_evaluate_model_writes_metrics_and_chart(run, adapter_metrics):
     out, metrics = adapter_metrics
     assert json.loads((out / METRICS_FILE).read_text()) == metrics
     assert (out / CHART_FILE).read_bytes()[:4] == b"\x89PNG"
-    guesses = predict_prices(run.model, run.tokenizer, run.prompts)
+    guesses = predict_prices(run.model, run.tokenizer, run.prompts, TOP_K, BATCH_TOKENS)
     assert metrics["test/price_error"] == pytest.approx(price_metrics(guesses, run.prices)["price_error"])
     assert metrics["test/items"] == ITEMS
     mean = sum(run.train_prices) / len(run.train_prices)
@@ -91,7 +93,8 @@ def test_cli_on_a_run_dir_reproduces_evaluate_model(run, adapter_metrics, tmp_pa
 def test_cli_without_adapter_scores_the_base_model(run, adapter_metrics, tmp_path):
     _, with_adapter = adapter_metrics
     got = main([str(run.dir), "--adapter", "none", "-n", str(ITEMS), "--out", str(tmp_path)])
-    base = evaluate_model(run.load_base(), run.tokenizer, run.prompts, run.prices, tmp_path / "ref")
+    base = evaluate_model(run.load_base(), run.tokenizer, run.prompts, run.prices, tmp_path / "ref", None, TOP_K,
+                          BATCH_TOKENS)
     assert got["test/price_error"] == pytest.approx(base["test/price_error"], rel=1e-6)
     assert got["test/price_error"] != pytest.approx(with_adapter["test/price_error"], rel=1e-3)
 
@@ -106,11 +109,11 @@ def test_callback_logs_price_metrics_while_training(run, tmp_path):
     trainer = Trainer(model=model, args=args, processing_class=run.tokenizer,
                       train_dataset=[{"input_ids": ids, "labels": ids}] * 4)
     prompts, prices = run.prompts[:8], run.prices[:8]
-    trainer.add_callback(price_eval_callback(trainer, prompts, prices, every_steps=1))
+    trainer.add_callback(price_eval_callback(trainer, prompts, prices, 1, TOP_K, BATCH_TOKENS))
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "eval_price_error" in entry]
     assert [entry["step"] for entry in logged] == [1, 2]
     assert logged[0]["eval_price_error"] != logged[1]["eval_price_error"]  # the weights moved in between
-    final = price_metrics(predict_prices(model, run.tokenizer, prompts), prices)
+    final = price_metrics(predict_prices(model, run.tokenizer, prompts, TOP_K, BATCH_TOKENS), prices)
     assert logged[-1]["eval_price_error"] == pytest.approx(final["price_error"], rel=1e-5)
     assert {"eval_rmsle", "eval_hit_rate", "eval_median_error"} <= set(logged[-1])

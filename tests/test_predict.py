@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from conftest import BATCH_TOKENS, TOP_K
 
 from pricer import PACKAGE_DIR
 from pricer.modeling import load_model, load_tokenizer
@@ -68,19 +69,19 @@ def test_batched_matches_each_prompt_alone(tiny, prompts):
     lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
     batches = plan_batches(lengths, batch_tokens=400)
     assert len(batches) > 2 and any(len({lengths[i] for i in b}) > 1 for b in batches)  # padded batches
-    batched = predict_prices(model, tokenizer, prompts, batch_tokens=400)
+    batched = predict_prices(model, tokenizer, prompts, TOP_K, batch_tokens=400)
     alone, fallbacks = zip(*(course_improved_predict(model, tokenizer, p) for p in prompts), strict=True)
     assert batched == pytest.approx(alone, rel=1e-5)
     assert len(set(round(x, 3) for x in alone)) > 3  # the prompts really differ
     assert 0 < sum(fallbacks) < len(prompts)  # both the top-K mean and the fallback were exercised
-    reversed_order = predict_prices(model, tokenizer, prompts[::-1], batch_tokens=400)
+    reversed_order = predict_prices(model, tokenizer, prompts[::-1], TOP_K, batch_tokens=400)
     assert reversed_order == pytest.approx(list(alone)[::-1], rel=1e-5)
 
 
 def test_predict_restores_training_mode(tiny, prompts):
     model, tokenizer = tiny
     model.train()
-    predict_prices(model, tokenizer, prompts[:2])
+    predict_prices(model, tokenizer, prompts[:2], TOP_K, BATCH_TOKENS)
     assert model.training
     model.eval()
 
@@ -121,8 +122,8 @@ def test_fast_path_on_token_ids_keeps_input_order(tiny, prompts):
     model, tokenizer = tiny
     values = number_token_values(tokenizer)
     sequences = tokenizer(prompts[:6])["input_ids"]
-    together = predict_ids(model, sequences, values, batch_tokens=10_000)
-    assert together == pytest.approx([predict_ids(model, [s], values)[0] for s in sequences], rel=1e-5)
+    together = predict_ids(model, sequences, values, TOP_K, batch_tokens=10_000)
+    assert together == pytest.approx([predict_ids(model, [s], values, TOP_K, BATCH_TOKENS)[0] for s in sequences], rel=1e-5)
 
 
 def test_first_number_parses_the_course_answers():
@@ -148,7 +149,8 @@ def test_general_path_generates_and_parses():
     model = LlamaForCausalLM(config)
     with torch.no_grad():
         model.model.norm.weight.zero_()  # all logits equal: greedy picks id 0, the digit 7
-    guesses = predict_prices(model, tokenizer, ["Price is $", "A much longer prompt. Price is $"])
+    guesses = predict_prices(model, tokenizer, ["Price is $", "A much longer prompt. Price is $"], TOP_K,
+                             BATCH_TOKENS)
     assert guesses == [7777.0, 7777.0]  # four new tokens, each "7"
 
 
@@ -163,13 +165,14 @@ def test_a_prompt_longer_than_training_is_cut_and_still_asks_for_the_price(tiny,
     assert len(ids) > 50_000 and tokenizer.decode(ids[-tail:]).endswith("Price is $")
     cut = ids[: 182 - tail] + ids[-tail:]
     values = number_token_values(tokenizer)
-    want = predict_ids(model, [cut], values, pad_id=tokenizer.pad_token_id)
+    want = predict_ids(model, [cut], values, TOP_K, BATCH_TOKENS, pad_id=tokenizer.pad_token_id)
     seen = []
     hook = model.model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape[1]),
                                                  with_kwargs=True)
     try:
-        got = predict_prices(model, tokenizer, [long_prompt, prompts[1]], max_length=182)
+        got = predict_prices(model, tokenizer, [long_prompt, prompts[1]], TOP_K, BATCH_TOKENS, max_length=182)
     finally:
         hook.remove()
     assert got[0] == pytest.approx(want[0]) and max(seen) == 182
-    assert got[1] == pytest.approx(predict_prices(model, tokenizer, [prompts[1]])[0]), "short prompts are untouched"
+    alone = predict_prices(model, tokenizer, [prompts[1]], TOP_K, BATCH_TOKENS)[0]
+    assert got[1] == pytest.approx(alone), "short prompts are untouched"

@@ -139,6 +139,7 @@ def test_a_truncated_adapter_falls_back_to_the_previous_checkpoint(tmp_path: Pat
     assert [p.name for p in drop_incomplete_checkpoints(tmp_path / "checkpoints")] == ["checkpoint-16"]
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_resuming_with_another_lora_shape_is_one_line_before_any_load(tmp_path: Path) -> None:
     run_dir = tmp_path / "runs" / "r16"
     fake_checkpoint(run_dir, 8, r=16)

@@ -51,6 +51,7 @@ def toy(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.slow  # a sweep of toy trials in subprocesses
 def test_sigterm_to_a_sweep_leaves_its_trial_waiting_and_a_rerun_finishes_it(toy: Path) -> None:
     first = _toy_sweep(toy)
     _wait_for(lambda: any(t.number == 1 for t in _running(toy)), what="trial 1 to run")
@@ -70,6 +71,7 @@ def test_sigterm_to_a_sweep_leaves_its_trial_waiting_and_a_rerun_finishes_it(toy
     assert sorted(r["number"] for r in runs(toy)) == [0, 1, 2, 3]  # trial 1's job ran to its end once
 
 
+@pytest.mark.slow  # a sweep of toy trials in subprocesses
 def test_sigterm_to_one_worker_stops_it_and_the_other_worker_resumes_its_trial(toy: Path) -> None:
     sweep = _toy_sweep(toy, "hydra.sweeper.n_jobs=2")
     _wait_for(lambda: len(_running(toy)) == 2, what="both workers to run a trial")
@@ -84,6 +86,7 @@ def test_sigterm_to_one_worker_stops_it_and_the_other_worker_resumes_its_trial(t
     assert len(again) == 1 and again[0]["pid"] != int(victim.user_attrs["worker"].rsplit(":", 1)[1])
 
 
+@pytest.mark.slow  # a sweep of toy trials in subprocesses
 def test_sigterm_to_a_parallel_sweep_stops_every_worker(toy: Path) -> None:
     sweep = _toy_sweep(toy, "hydra.sweeper.n_jobs=2")
     _wait_for(lambda: len(_running(toy)) == 2, what="both workers to run a trial")

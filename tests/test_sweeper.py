@@ -128,6 +128,7 @@ def toy(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.slow  # a sweep of toy trials in subprocesses
 def test_tpe_sweep_runs_four_trials_with_the_logged_params(toy: Path) -> None:
     proc = sweep(toy, "n=int(interval(1, 4))", "mode=choice(a, 'b c')",  # command-line params
                  "hydra.sweeper.custom_search_space=toy.extra_space")
@@ -145,6 +146,7 @@ def test_tpe_sweep_runs_four_trials_with_the_logged_params(toy: Path) -> None:
     assert results["best_params"] == s.best_params
 
 
+@pytest.mark.slow  # a sweep of toy trials in subprocesses
 def test_a_direction_against_the_metric_is_refused_before_any_trial(toy: Path) -> None:
     """Minimising test/hit_rate would hunt for the worst runs: one line names the fix, nothing runs."""
     done = sweep(toy, "+optimized_metric=test/hit_rate")
@@ -157,6 +159,7 @@ def test_a_direction_against_the_metric_is_refused_before_any_trial(toy: Path) -
     assert study(toy).direction.name == "MAXIMIZE" and len(runs(toy)) == 1
 
 
+@pytest.mark.slow  # a sweep of toy trials in subprocesses
 def test_pruned_trials_stop_before_their_last_step(toy: Path) -> None:
     proc = sweep(toy, "steps=6", "hydra/sweeper/sampler=random", "hydra/sweeper/pruner=median",
                  "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.pruner.n_warmup_steps=1")
@@ -171,6 +174,7 @@ def test_pruned_trials_stop_before_their_last_step(toy: Path) -> None:
     assert all(ran[t.number]["steps"] == 6 for t in s.trials if t.state == TrialState.COMPLETE)
 
 
+@pytest.mark.slow  # a sweep of toy trials in subprocesses
 def test_failed_trials_do_not_end_the_sweep_until_max_failure_rate(toy: Path) -> None:
     # 0.5 x 6 trials: three failures are tolerated, the fourth stops the sweep
     proc = sweep(toy, "hydra.sweeper.n_trials=6", "hydra.sweeper.max_failure_rate=0.5", "fail_trials=[1,3,4]",
@@ -184,6 +188,7 @@ def test_failed_trials_do_not_end_the_sweep_until_max_failure_rate(toy: Path) ->
     assert (toy / "sweep" / "optimization_results.yaml").exists()
 
 
+@pytest.mark.slow  # a sweep of toy trials in subprocesses
 def test_rerun_resumes_a_killed_sweep(toy: Path) -> None:
     cmd = [sys.executable, "toy.py", "steps=10", "sleep=0.05"]  # ~0.5 s per trial
     first = subprocess.Popen(cmd, cwd=toy, env=toy_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -207,6 +212,7 @@ def test_rerun_resumes_a_killed_sweep(toy: Path) -> None:
     assert numbers[:2] == [0, 1] and sorted(numbers[2:]) == [3, 4]  # numbering goes on, nothing ran twice
 
 
+@pytest.mark.slow  # a sweep of toy trials in subprocesses
 def test_parallel_workers_are_pinned_and_never_share_a_trial(toy: Path) -> None:
     proc = sweep(toy, "hydra.sweeper.n_jobs=2", "hydra.sweeper.devices=[3,5]")
     assert proc.returncode == 0, proc.stderr[-3000:]

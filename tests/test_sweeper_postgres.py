@@ -60,6 +60,7 @@ def postgres_url():
             subprocess.run(["pg_ctlcluster", version, name, "stop"], check=False, timeout=120)
 
 
+@pytest.mark.slow  # starts PostgreSQL
 def test_two_sweep_processes_share_one_study(tmp_path: Path, postgres_url: str) -> None:
     toy.write_toy(tmp_path)
     n_trials = 6
