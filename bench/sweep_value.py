@@ -55,9 +55,8 @@ LABELS = {"grid": "grid (18)", "random": "random (18)", "tpe": "TPE (18)", "tpe_
 
 def sweep_command(strategy: str, seed: int, root: Path, jobs: int, extra: list[str]) -> list[str]:
     """The user's command for one strategy and seed; each sweep in its own output_root (own optuna.db)."""
-    # The grid gets no sampler seed: the sweeper mixes a seed with each worker's index, and a GridSampler
-    # seeded differently per worker orders the grid differently, so workers would repeat points and skip
-    # others (see the report in BENCHMARKS.md). Unseeded, every worker shuffles it the same way.
+    # The grid gets no sampler seed: GridSampler then shuffles with seed 0, so every seed's grid runs
+    # its points in one order and only the training seed differs (as in the recorded grid runs).
     sampler_seed = [] if strategy == "grid" else [f"hydra.sweeper.sampler.seed={seed}"]
     return [sys.executable, "-m", "pricer.train", "experiment=demo", f"sweep={STRATEGIES[strategy]}",
             f"seed={seed}", *sampler_seed, f"output_root={root}",

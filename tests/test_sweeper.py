@@ -224,6 +224,20 @@ def test_parallel_workers_are_pinned_and_never_share_a_trial(toy: Path) -> None:
     assert (toy / "sweep" / "optimization_results.yaml").exists()
 
 
+@pytest.mark.slow  # a sweep of toy trials in subprocesses
+def test_a_seeded_grid_with_two_workers_runs_every_point_once_and_exits_cleanly(toy: Path) -> None:
+    """GridSampler gives trial i the i-th point of its seed's shuffle, and calls study.stop() when the
+    grid is done: both workers must shuffle alike, and the stop outside study.optimize must not fail."""
+    proc = sweep(toy, "hydra/sweeper/sampler=grid", "hydra.sweeper.sampler.seed=7", "hydra.sweeper.n_jobs=2",
+                 "hydra.sweeper.n_trials=10", "hydra.sweeper.params.x='choice(0.1,0.3,0.5)'",
+                 "+hydra.sweeper.params.mode='choice(a,b)'")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert states(study(toy)) == {"COMPLETE": 6}  # n_trials capped at the grid's size
+    points = sorted((r["x"], r["mode"]) for r in runs(toy))
+    assert points == sorted((x, mode) for x in (0.1, 0.3, 0.5) for mode in "ab")
+    assert len({r["pid"] for r in runs(toy)}) == 2
+
+
 @pytest.mark.slow  # each submitit job is a fresh Python process: ~13 s
 def test_a_launcher_running_jobs_elsewhere_gets_one_job_per_slot(toy: Path) -> None:
     """submitit's local executor stands in for SLURM: each trial is its own process, 2 at a time."""

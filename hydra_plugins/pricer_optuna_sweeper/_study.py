@@ -216,19 +216,31 @@ def tell(study: optuna.Study, trial: Trial, ret: JobReturn, stop: SweepStop) -> 
         requeue(study, trial, str(error))
         stop.stop(error.signum)
     elif isinstance(error, optuna.TrialPruned):
-        study.tell(trial, state=TrialState.PRUNED)
+        _record(study, trial, state=TrialState.PRUNED)
         log.info("trial %d pruned: %s", trial.number, error)
     else:
         values, reason = (None, _reason(error)) if error is not None else _values(ret._return_value, study)
         if reason is None:
-            study.tell(trial, values)
+            _record(study, trial, values)
             log.info("trial %d: %s with %s", trial.number, values, trial.params)
         else:
             trial.set_user_attr(FAIL_REASON, reason)
-            study.tell(trial, state=TrialState.FAIL)
+            _record(study, trial, state=TrialState.FAIL)
             log.warning("trial %d failed: %s", trial.number, reason, exc_info=error)
     if error is not None:
         error.__traceback__ = None  # even if a Hydra callback kept the JobReturn
+
+
+def _record(study: optuna.Study, trial: Trial, values: list[float] | None = None,
+            state: TrialState | None = None) -> None:
+    """study.tell, where a GridSampler that finds its grid visited calls study.stop(): Optuna allows that
+    only inside study.optimize and raises RuntimeError after storing the trial. run_trials stops on its own
+    (n_trials is capped at the grid's size), so only an error that left the trial unrecorded is raised."""
+    try:
+        study.tell(trial, values, state=state)
+    except RuntimeError:
+        if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+            raise
 
 
 def _values(returned: Any, study: optuna.Study) -> tuple[list[float] | None, str | None]:

@@ -244,7 +244,10 @@ class PricerOptunaSweeper(Sweeper):
 
         A seeded sampler restarted on a resumed study, or started in a second worker,
         would draw the same params again: `stream` (trials so far, worker index) is mixed
-        into the seed, so every process draws its own reproducible sequence.
+        into the seed, so every process draws its own reproducible sequence. Not for a grid:
+        GridSampler gives trial number i the i-th point of the grid shuffled by its seed, so
+        every worker must shuffle with the same seed or two trials get one point and another
+        point none.
         """
         import numpy as np
 
@@ -252,9 +255,10 @@ class PricerOptunaSweeper(Sweeper):
 
         kwargs: dict[str, Any] = {}
         seed = self.sampler_cfg.get("seed")
-        if seed is not None and any(stream):
+        grid_sampler = str(self.sampler_cfg.get("_target_", "")).endswith("GridSampler")
+        if seed is not None and any(stream) and not grid_sampler:
             kwargs["seed"] = int(np.random.SeedSequence([seed, *stream]).generate_state(1)[0])
-        if not str(self.sampler_cfg.get("_target_", "")).endswith("GridSampler"):
+        if not grid_sampler:
             return instantiate(self.sampler_cfg, **kwargs), self.n_trials
         grid = _space.grid(space)
         size = math.prod(len(values) for values in grid.values())
