@@ -110,8 +110,9 @@ def run(out: Path, seeds: list[int], jobs: int, gpu: bool, dry: bool, blocks: li
         sync_seeds: list[int], sync_batches: int | None) -> None:
     """Each block's strategies x seeds side by side, blocks one after another; records to OUT.
 
-    The synchronous schedule of SYNC runs in SYNC's block, for sync_seeds, sync_batches batches of
-    n_jobs (default: the whole study), so both schedules meet the same load on the machine."""
+    The block "sync" is the synchronous schedule of SYNC, for sync_seeds, sync_batches batches of
+    n_jobs (default: the whole study): a block of its own, so with 3 seeds it meets the same load
+    on the machine (3 sweeps of n_jobs workers) as SYNC's asynchronous block."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
@@ -124,11 +125,17 @@ def run(out: Path, seeds: list[int], jobs: int, gpu: bool, dry: bool, blocks: li
     subprocess.run([sys.executable, "-c", "import sys; from pricer.modeling import ensure_tiny_model; "
                     "ensure_tiny_model(sys.argv[1])", f"{env['PRICER_CACHE']}/tiny-llama"], cwd=REPO, env=env, check=True)
     log: list[dict] = []
+
+    def save_log() -> None:  # before and after every block: a run cut off mid-block still analyses
+        meta = {"seeds": seeds, "n_jobs": jobs, "gpu": gpu, "dry": dry, "commands": log, "host": os.uname().nodename}
+        (out / "run_log.json").write_text(json.dumps(meta, indent=1))
+
     for strategies in blocks:
+        save_log()
         block = [(f"{strategy}_s{seed}", [sweep_command(strategy, seed, out / f"{strategy}_s{seed}", jobs,
                                                         machine + size_overrides(strategy, dry))])
-                 for strategy in strategies for seed in seeds]
-        if SYNC in strategies and sync_seeds:
+                 for strategy in strategies if strategy != "sync" for seed in seeds]
+        if "sync" in strategies:
             total = sync_batches * jobs if sync_batches else n_trials_of(SYNC, dry)
             for seed in sync_seeds:
                 base = sweep_command(SYNC, seed, out / f"{SYNC}_sync_s{seed}", jobs, machine + size_overrides(SYNC, dry))
@@ -137,8 +144,7 @@ def run(out: Path, seeds: list[int], jobs: int, gpu: bool, dry: bool, blocks: li
         done = run_block(block, out, env)
         log += done
         print(f"{'+'.join(strategies)}: {[(r['sweep'], round(r['wall_s']), r['rc']) for r in done]}", flush=True)
-        meta = {"seeds": seeds, "n_jobs": jobs, "gpu": gpu, "dry": dry, "commands": log, "host": os.uname().nodename}
-        (out / "run_log.json").write_text(json.dumps(meta, indent=1))  # after every block: a cut-off run still analyses
+        save_log()
 
 
 def n_trials_of(strategy: str, dry: bool) -> int:
@@ -439,7 +445,7 @@ def main() -> None:
     r.add_argument("--dry", action="store_true", help="tiny sizes, one seed: the pipeline on a CPU in ~2 min")
     r.add_argument("--seeds", type=int, nargs="+", default=None)
     r.add_argument("--jobs", type=int, default=None, help="workers per sweep (default 4; --dry 2)")
-    r.add_argument("--blocks", nargs="+", default=list(STRATEGIES),
+    r.add_argument("--blocks", nargs="+", default=[*STRATEGIES, "sync"],
                    help="strategies run one block after another; a+b runs a and b side by side")
     r.add_argument("--sync-seeds", type=int, nargs="*", default=None, help="seeds of the synchronous run (default: all)")
     r.add_argument("--sync-batches", type=int, default=None, help="batches of n_jobs in it (default: the whole study)")
@@ -454,8 +460,8 @@ def main() -> None:
         seeds = args.seeds or ([0] if args.dry else [0, 1, 2])
         jobs = args.jobs or (2 if args.dry else 4)
         blocks = [b.split("+") for b in args.blocks]
-        if any(s not in STRATEGIES for b in blocks for s in b):
-            parser.error(f"--blocks: strategies are {', '.join(STRATEGIES)}")
+        if any(s not in STRATEGIES and s != "sync" for b in blocks for s in b):
+            parser.error(f"--blocks: strategies are {', '.join(STRATEGIES)}, and sync ({SYNC} in synchronous batches)")
         sync_seeds = seeds if args.sync_seeds is None else args.sync_seeds
         run(args.out, seeds, jobs, args.gpu, args.dry, blocks, sync_seeds, args.sync_batches)
         sources = [args.out]

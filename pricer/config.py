@@ -295,10 +295,6 @@ def _type_name(annotation: Any) -> str:
     return getattr(typing.get_origin(annotation) or annotation, "__name__", str(annotation))
 
 
-# Derived from the dataclasses, for callers that only need a group's key names (pricer.evaluate).
-SCHEMA: dict[str, dict[str, Any]] = {
-    key: schema_fields(cls) for key, cls in schema_fields(Config).items() if is_dataclass(_marks(cls)[0])
-}
 # Keys of the `hardware` group that are pricer's own; the rest go to SFTConfig.
 HARDWARE_KEYS = tuple(key for key, hint in schema_fields(Hardware).items() if TO_SFT not in _marks(hint)[1])
 

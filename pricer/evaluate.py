@@ -209,12 +209,12 @@ def _refuse(message: str) -> NoReturn:
 
 def _check_evaluation_keys(overrides: list[str]) -> None:
     """`evaluation.KEY=...` must name a key of the group: a saved run config would take a typo silently."""
-    from pricer.config import SCHEMA, ConfigError, _check_known
+    from pricer.config import ConfigError, Evaluation, _check_known, schema_fields
 
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
     given = {key.split(".", 1)[1]: None for key in keys if key.startswith("evaluation.")}
     try:
-        _check_known("evaluation", given, set(SCHEMA["evaluation"]))
+        _check_known("evaluation", given, set(schema_fields(Evaluation)))
     except ConfigError as err:
         _refuse(str(err))
 
