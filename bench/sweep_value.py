@@ -13,7 +13,7 @@ train split, the test error only reported. Per seed (training seed and sampler s
 - grid: the card's space, dropout 0.05/0.1/0.2 x lr 3e-4/1e-3/3e-3 x constant/cosine (18 runs);
 - random, tpe: the same ranges (lr continuous, log) plus the LoRA rank, 18 trials;
 - tpe_median, tpe_hyperband: TPE with a pruner reading the validation error every 50 steps,
-  30 trials (pruned ones cost less), cut at the grid's compute in the analysis;
+  28 trials (pruned ones cost less), cut at the grid's compute in the analysis;
 - tpe_median_sync: the same sweep in synchronous batches, actually run: the command again
   with n_trials = n_jobs, 2 n_jobs, ... continuing the study through its storage, each
   invocation waiting for its slowest trial.
@@ -47,8 +47,8 @@ STRATEGIES = {  # name -> sweep file (sweeps/NAME.yaml)
     "tpe_hyperband": "value_tpe_hyperband",
 }
 SYNC = "tpe_median"  # the strategy also run in synchronous batches: pruning makes trial lengths unequal
-LABELS = {"grid": "grid (18)", "random": "random (18)", "tpe": "TPE (18)", "tpe_median": "TPE + median pruning (30)",
-          "tpe_hyperband": "TPE + Hyperband (30)"}
+LABELS = {"grid": "grid (18)", "random": "random (18)", "tpe": "TPE (18)", "tpe_median": "TPE + median pruning (28)",
+          "tpe_hyperband": "TPE + Hyperband (28)"}
 
 
 # ---------------------------------------------------------------- running the sweeps
@@ -369,6 +369,8 @@ def report(result: dict[str, Any], data: dict[str, Any], png: str) -> str:
         "(250 test items) only reported.",
         f"The grid's 18 runs span val ${lo:.2f} to ${hi:.2f}: the hyperparameters matter here.",
         "",
+        *[f"- {note}" for note in meta.get("notes", [])],
+        *([""] if meta.get("notes") else []),
         "Medians over seeds; each seed compared with the grid of the same seed (same training seed). Compute = "
         "training steps run (a pruned trial counts its steps), as a share of that grid's.",
         "",
