@@ -105,13 +105,13 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> Non
 
     expected = logged_losses(tmp_path / "straight" / "checkpoints" / "checkpoint-24")
     got = logged_losses(tmp_path / "killed" / "checkpoints" / "checkpoint-24")
-    assert sorted(got) == sorted(expected)
-    for step in expected:
-        assert got[step] == pytest.approx(expected[step], rel=0.05), (step, got, expected)
+    # Exactly: the checkpoint restores the optimizer, scheduler and RNG states (dropout) and the sampler
+    # skips the batches already seen, and the CPU path (bitsandbytes' CPU kernels, one thread count) is
+    # deterministic, so the resumed run repeats the uninterrupted one bit for bit.
+    assert got == expected
     a = load_file(tmp_path / "straight" / "adapter" / "adapter_model.safetensors")
     b = load_file(tmp_path / "killed" / "adapter" / "adapter_model.safetensors")
-    for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-3, rtol=0.05), key
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 
 
 @pytest.mark.slow

@@ -110,8 +110,12 @@ def test_fused_adamw_takes_the_notebooks_optimisation_step(tiny_model_dir: Path,
     paged, fused = moved["paged_adamw_32bit"], moved["adamw_torch_fused"]
     assert paged.keys() == fused.keys() and all(d.abs().max() > 1e-3 for d in paged.values()), "every LoRA weight moved"
     for name, delta in paged.items():
-        # Adam divides by tiny gradients' roots: rounding shows at ~1e-4 of a move (decay alone moves ~1e-5)
-        torch.testing.assert_close(fused[name], delta, rtol=1e-4, atol=3e-6, msg=name)
+        # Compared as whole tensors: where a gradient is as small as Adam's eps, m / (sqrt(v) + eps) differs
+        # between the two implementations by up to half that element's move (seen on an AVX512 host), while
+        # the whole update agrees to ~2e-5. Weight decay alone moves every element ~1e-3 of its step, so a
+        # wrong decay or betas would show far above 1e-4.
+        relative = ((fused[name] - delta).norm() / delta.norm()).item()
+        assert relative < 1e-4, (name, relative)
 
 
 def test_causal_mask_only_keeps_the_mask_outside_training(tiny_model_dir: Path, tmp_path: Path, sample_texts,
