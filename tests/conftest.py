@@ -113,3 +113,10 @@ def run_cli(args: list[str], env: dict[str, str] | None = None, timeout: int = 3
         text=True,
         timeout=timeout,
     )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that starts the local Hub stand-in (an HTTP server) is `slow`, whether or not it says so."""
+    for item in items:
+        if "hub_stand_in" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

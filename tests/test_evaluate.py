@@ -99,6 +99,7 @@ def test_cli_without_adapter_scores_the_base_model(run, adapter_metrics, tmp_pat
     assert got["test/price_error"] != pytest.approx(with_adapter["test/price_error"], rel=1e-3)
 
 
+@pytest.mark.slow  # trains 2 steps
 def test_callback_logs_price_metrics_while_training(run, tmp_path):
     from transformers import Trainer, TrainingArguments
 
