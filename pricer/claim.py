@@ -5,6 +5,7 @@ A new run's dir was already claimed atomically when Hydra resolved `hydra.run.di
 from it and are written to run.json before anything trains. `resume=` claims the
 names of the run it continues instead, so a resumed run keeps its dir, Hub repo and
 W&B run. Every later step reads the names from the returned Claim, never derives them.
+Under torchrun rank 0 claims and writes run.json; the other ranks receive its Claim.
 """
 
 import logging
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pricer import naming
+from pricer import distributed, naming
 from pricer.resume import check_same_adapter_shape, find_resumable, owner, read_run, write_run
 
 log = logging.getLogger("pricer")
@@ -37,7 +38,15 @@ def claim_run(run_dir: Path, project: str, output_root: str, resume: str | None,
     """This run's names, or, with `resume=`, the names of the run it continues.
 
     `run_dir` is the dir Hydra made for this process; `overrides` are the command line's
-    (resume=auto finds an unfinished run started with the same ones)."""
+    (resume=auto finds an unfinished run started with the same ones). On several ranks rank 0
+    claims (or finds the run to resume) and every rank gets its Claim."""
+    return distributed.on_main(lambda: _claim(run_dir, project, output_root, resume, overrides, push, hf_user, private,
+                                              push_attempts, push_wait_s, group, lora))
+
+
+def _claim(run_dir: Path, project: str, output_root: str, resume: str | None, overrides: list[str],
+           push: bool, hf_user: str | None, private: bool, push_attempts: int, push_wait_s: float,
+           group: str | None, lora: dict[str, Any]) -> Claim:
     overrides = sorted(o for o in overrides if not o.startswith("resume="))
     previous = find_resumable(resume, Path(output_root), overrides) if resume else None
     if previous is not None:
@@ -68,7 +77,8 @@ def _from_run_file(run_dir: Path) -> Claim:
 def recording_status(run_dir: Path, finish: Callable[[str], None]) -> Iterator[None]:
     """run.json's status after the block: finished, interrupted (a signal: resumable), pruned (a sweep
     stopped it) or failed (anything else, so resume=auto leaves it alone). `finish(status)` closes the
-    tracker whatever happened, so the next job of a multirun starts its own W&B run."""
+    tracker whatever happened, so the next job of a multirun starts its own W&B run. Rank 0 alone
+    writes the status: all ranks end the same way (pricer.distributed.on_main, agreed_signal)."""
     status = "failed"
     try:
         yield
@@ -77,7 +87,10 @@ def recording_status(run_dir: Path, finish: Callable[[str], None]) -> Iterator[N
         status = _status_of(err)
         raise
     finally:
-        write_run(run_dir, status=status)
+        if distributed.is_main():
+            write_run(run_dir, status=status)
+        if status == "interrupted":  # every rank stops on an agreed signal: none exits (and has the launcher
+            distributed.barrier()    # stop the others) before rank 0 has recorded it
         finish(status)
 
 
@@ -100,9 +113,11 @@ def drop_unclaimed_dir(output_dir: Path) -> None:
         return
     import shutil
 
-    shutil.rmtree(output_dir / ".hydra", ignore_errors=True)
-    (output_dir / "train.log").unlink(missing_ok=True)
-    try:
-        output_dir.rmdir()
-    except OSError:
-        pass  # not empty: the user's own files
+    ranks = sorted(output_dir.glob("rank[0-9]*")) if distributed.is_main() else []  # several ranks: theirs too,
+    for folder in [*ranks, output_dir]:  # whichever rank gets here first (each also drops its own)
+        shutil.rmtree(folder / ".hydra", ignore_errors=True)
+        (folder / "train.log").unlink(missing_ok=True)
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # not empty: the user's own files

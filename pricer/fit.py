@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pricer.data import Items
+from pricer.distributed import agreed_signal, barrier, broadcast_object, is_main
 from pricer.resume import read_run, write_run
 
 log = logging.getLogger("pricer")
@@ -48,7 +49,8 @@ def fit(model, tokenizer, train_dataset, val: Items | None, *, run_dir: Path, ru
         trainer.add_callback(price_eval_callback(trainer, val.prompts, val.prices, eval_steps, top_k, batch_tokens,
                                                  sft["max_length"]))
     if memory_gib is not None:  # before compiling: the probe then measures eager memory, the safe side
-        speed.set_batch_size(trainer, speed.pick_batch_size(speed.step_runner(trainer), memory_gib))
+        picked = speed.pick_batch_size(speed.step_runner(trainer), memory_gib)
+        speed.set_batch_size(trainer, broadcast_object(picked))  # several ranks: all take rank 0's pick
     if compile_layers:
         speed.compile_layers(trainer.model)
     trainable = log_sizes(trainer, args)
@@ -60,9 +62,11 @@ def fit(model, tokenizer, train_dataset, val: Items | None, *, run_dir: Path, ru
         load_adapter_weights(trainer.model, adapter_dir)
     else:
         training = train_and_save(trainer, tokenizer, stopper, keeper, checkpoints_dir, adapter_dir)
-        write_run(run_dir, trained=training)
-        if stopper.signum is not None:  # came while the adapter was saved: it is, so a resume evaluates
-            raise Interrupted(stopper.signum, training["train_steps"], evaluating=True)
+        if is_main():
+            write_run(run_dir, trained=training)
+        signum = agreed_signal(stopper.signum)  # several ranks: all raise, or none
+        if signum is not None:  # came while the adapter was saved: it is, so a resume evaluates
+            raise Interrupted(signum, training["train_steps"], evaluating=True)
     return trainer.model, training | {"trainable_params": trainable}
 
 
@@ -72,7 +76,9 @@ def train_and_save(trainer, tokenizer, stopper, keeper, checkpoints_dir: Path, a
     from pricer.interrupt import Interrupted
     from pricer.resume import complete_checkpoints, drop_incomplete_checkpoints
 
-    drop_incomplete_checkpoints(checkpoints_dir)
+    if is_main():
+        drop_incomplete_checkpoints(checkpoints_dir)
+    barrier()  # the other ranks look for the last checkpoint once rank 0 has dropped the broken ones
     last = complete_checkpoints(checkpoints_dir)[-1:] if checkpoints_dir.exists() else []
     if last:
         log.info("continuing from %s", last[0])
@@ -85,8 +91,9 @@ def train_and_save(trainer, tokenizer, stopper, keeper, checkpoints_dir: Path, a
         if stopper.signum is not None and trainer.state.global_step < trainer.state.max_steps:
             raise Interrupted(stopper.signum, trainer.state.global_step)
         trial.raise_if_pruned()  # after the trainer's own shutdown: a pruned trial keeps its checkpoint
-        trainer.model.save_pretrained(adapter_dir)  # the adapter only, a few MB
-        tokenizer.save_pretrained(adapter_dir)
+        if is_main():  # every rank holds the same adapter (DDP)
+            trainer.model.save_pretrained(adapter_dir)  # the adapter only, a few MB
+            tokenizer.save_pretrained(adapter_dir)
     finally:
         stopper.restore()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]

@@ -21,7 +21,10 @@ class Interrupted(Exception):
         where = f"at step {step}: {done}" if step is not None else "outside training: its last checkpoint stands"
         super().__init__(f"interrupted by {signal.Signals(signum).name} {where}, "
                          "rerun the same command with resume=auto to continue")
-        self.signum, self.step = signum, step
+        self.signum, self.step, self.evaluating = signum, step, evaluating
+
+    def __reduce__(self):  # pickled as its arguments: rank 0's Interrupted reaches the other ranks whole
+        return Interrupted, (self.signum, self.step, self.evaluating)
 
 
 class RaiseOnSignal:
@@ -80,6 +83,9 @@ class _StopOnSignal:
         self.restore()  # a second signal ends the process the default way
 
     def on_step_end(self, args, state, control, **kwargs):
+        from pricer.distributed import agreed_signal
+
+        self.signum = agreed_signal(self.signum)  # several ranks: a signal to any one stops all at this step
         if self.signum is not None:
             control.should_save = True
             control.should_training_stop = True

@@ -72,11 +72,14 @@ def load_model(
     accelerator: str,
     pad_token_id: int,
 ):
-    """The base model, quantized per `quant`, placed whole on this process's device."""
+    """The base model, quantized per `quant`, placed whole on this process's device: under torchrun
+    each rank loads its own copy onto GPU LOCAL_RANK (DDP then trains the LoRA weights of all)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    device_map = {"": torch.cuda.current_device()} if accelerator == "cuda" else None
+    from pricer.distributed import local_rank
+
+    device_map = {"": local_rank()} if accelerator == "cuda" else None
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path,
         revision=revision,

@@ -35,26 +35,34 @@ def claim_run_dir(output_root: str, start: datetime | None = None) -> str:
     config and log over the other's. Here the name is claimed first (O_EXCL), then the dir is made
     with mkdir, which also fails if it exists: the run dir is the claim. Hydra may resolve the key
     more than once per process, so the claim is made once and remembered.
+
+    Under torchrun all ranks are one run: rank 0 claims, the others receive its dir and keep
+    their own Hydra files and log in `{run dir}/rank{n}`, so no rank > 0 claims a name or a dir.
     """
     if output_root not in _claimed:
-        start = start or datetime.now()
-        try:
-            while True:
-                name = claim_run_name(start, Path(output_root) / ".run_names")
-                run_dir = Path(output_root) / "runs" / name
-                try:
-                    run_dir.mkdir(parents=True)
-                    break
-                except FileExistsError:
-                    continue  # a dir left without its marker (the registry was cleaned): take the next name
-        except OSError as err:
-            # Hydra resolves hydra.run.dir before pricer's own checks run, and would wrap any exception in
-            # a traceback of its own: this is the one place to say it in a line.
-            print(f"error: output_root={output_root} cannot hold runs ({type(err).__name__}: {err.strerror}): "
-                  "pass output_root=A_WRITABLE_FOLDER", file=sys.stderr)
-            raise SystemExit(2) from None
-        _claimed[output_root] = run_dir
+        from pricer import distributed
+
+        run_dir = distributed.on_main(lambda: _make_run_dir(output_root, start or datetime.now()))
+        _claimed[output_root] = run_dir if distributed.is_main() else run_dir / f"rank{distributed.rank()}"
     return str(_claimed[output_root])
+
+
+def _make_run_dir(output_root: str, start: datetime) -> Path:
+    try:
+        while True:
+            name = claim_run_name(start, Path(output_root) / ".run_names")
+            run_dir = Path(output_root) / "runs" / name
+            try:
+                run_dir.mkdir(parents=True)
+                return run_dir
+            except FileExistsError:
+                continue  # a dir left without its marker (the registry was cleaned): take the next name
+    except OSError as err:
+        # Hydra resolves hydra.run.dir before pricer's own checks run, and would wrap any exception in
+        # a traceback of its own: this is the one place to say it in a line.
+        print(f"error: output_root={output_root} cannot hold runs ({type(err).__name__}: {err.strerror}): "
+              "pass output_root=A_WRITABLE_FOLDER", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def claimed_name(run_dir: Path) -> str | None:

@@ -3,10 +3,13 @@
 pricer starts the W&B run itself (rather than leaving it to the Trainer's callback)
 to choose its name, group and config; the callback then logs into that run. The
 run is finished in `finish`, whatever happened, so the next job of a multirun
-starts a fresh run instead of appending to this one.
+starts a fresh run instead of appending to this one. Under torchrun only rank 0 tracks:
+the others get `report_to=[]` and every call here does nothing on them.
 """
 
 from typing import Any
+
+from pricer.distributed import is_main
 
 
 def start(
@@ -21,7 +24,7 @@ def start(
     tags: list[str] | None = None,
 ) -> list[str]:
     """Start tracking; returns the Trainer's `report_to`."""
-    if backend == "none":
+    if backend == "none" or not is_main():
         return []
     import wandb
 
@@ -42,7 +45,7 @@ def start(
 
 def log_summary(backend: str, metrics: dict[str, float], images: list) -> None:
     """Final metrics into the run's summary (the columns W&B compares runs by), charts as images."""
-    if backend == "none":
+    if backend == "none" or not is_main():
         return
     import wandb
 
@@ -53,7 +56,7 @@ def log_summary(backend: str, metrics: dict[str, float], images: list) -> None:
 
 def finish(backend: str, status: str) -> None:
     """`status` is the run's: finished, interrupted (resumable) or failed."""
-    if backend == "none":
+    if backend == "none" or not is_main():
         return
     import wandb
 

@@ -21,6 +21,7 @@ from pricer import naming
 from pricer.claim import Claim, claim_run, drop_unclaimed_dir, recording_status
 from pricer.config import REPORTED_SCORES, ConfigError, RunConfig, preset_notes, sweep_objective, validate
 from pricer.data import DataError, load_slices
+from pricer.distributed import is_main, on_main
 from pricer.logs import install_log_filters
 from pricer.resume import ResumeError, write_run
 
@@ -79,20 +80,22 @@ def train(cfg: DictConfig) -> float:
             batch_tokens=evaluation["batch_tokens"], lean_4bit=run.lean_4bit and bool(run.quant.get("load_in_4bit")),
             memory_gib=run.memory_gib if run.auto_batch_size else None, compile_layers=run.compile)
         with RaiseOnSignal(training["train_steps"]):  # a signal now ends the run at once: a resume evaluates
-            scores = evaluate.score_slices(model, tokenizer, slices, adapter_dir, evaluation["top_k"],
-                                           evaluation["batch_tokens"], run.sft["max_length"], claim.project_run_name)
-        metrics = scores | training
+            metrics = on_main(lambda: evaluate.score_slices(  # once, on rank 0: every rank gets its numbers
+                model, tokenizer, slices, adapter_dir, evaluation["top_k"], evaluation["batch_tokens"],
+                run.sft["max_length"], claim.project_run_name) | training)
         tracking.log_summary(run.tracking["backend"], metrics, images=[adapter_dir / "price_chart.png"])
         publish(run, claim, config_yaml, metrics)
         trial.set_trial_attrs(**{k: metrics[k] for k in REPORTED_SCORES if k in metrics})  # pricer.compare's columns
     for line in run_report(metrics, describe_model(run), f"data={choices.get('data')} ({data['path']})",
-                           len(slices.train), run_dir, next_command(run.accelerator)):
+                           len(slices.train), run_dir, next_command(run.accelerator)) if is_main() else []:
         log.info("%s", line)
     return metrics[run.optimized_metric]
 
 
 def publish(run: RunConfig, claim: Claim, config_yaml: str, metrics: dict) -> None:
-    """The adapter dir gets its metrics, resolved config and model card; then the final push."""
+    """The adapter dir gets its metrics, resolved config and model card; then the final push (rank 0)."""
+    if not is_main():
+        return
     from pricer import hub
     from pricer.push import with_retries
 
