@@ -9,14 +9,10 @@ def build_sft_config(sft: dict[str, Any], output_dir: str, run_name: str, report
     Hub pushes and checkpoint rotation are pricer's (pricer.push), not the Trainer's: the
     Trainer would delete a checkpoint whose upload failed. On a GPU each batch goes to the
     device from pinned memory without blocking the host, which then queues the forward.
-    `ddp_find_unused_parameters` matters only on several ranks (docs/multi_gpu.md).
     """
     from trl import SFTConfig
 
     copies = {} if use_cpu or "accelerator_config" in sft else {"accelerator_config": {"non_blocking": True}}
-    # Under torchrun (DDP) every LoRA weight is used in every forward: no search for unused ones each step
-    # (the Trainer's default for a peft model); it also lets gradient checkpointing run under DDP.
-    ddp = {} if "ddp_find_unused_parameters" in sft else {"ddp_find_unused_parameters": False}
 
     return SFTConfig(
         **{key: value for key, value in sft.items() if key != "save_total_limit"},
@@ -29,7 +25,6 @@ def build_sft_config(sft: dict[str, Any], output_dir: str, run_name: str, report
         push_to_hub=False,
         save_total_limit=None,
         **copies,
-        **ddp,
     )
 
 
