@@ -84,15 +84,25 @@ def mask_every_record() -> None:
 
 
 class DropKnownNoise(logging.Filter):
-    """bitsandbytes warns at import, on CPUs with AVX512-BF16, that it found no `kernels` package
-    for its repacked CPU matmul. pricer keeps that repack off (pricer.modeling.keep_4bit_layout),
-    so the kernel is never called and the warning asks for an install that changes nothing."""
+    """Drops one library's notice about bitsandbytes' repacked CPU matmul, by a substring of it.
+
+    On CPUs with AVX512-BF16, importing bitsandbytes asks the `kernels` package for that
+    kernel: offline, `kernels` says it skips its publisher check, then bitsandbytes says it
+    found no kernel. pricer keeps that repack off (pricer.modeling.keep_4bit_layout), so the
+    kernel is never called and neither notice asks for anything that changes a run."""
+
+    def __init__(self, substring: str) -> None:
+        super().__init__()
+        self.substring = substring
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "gemm_4bit_forward" not in str(record.msg)
+        return self.substring not in str(record.msg)
 
 
-BITSANDBYTES_CPU_LOGGER = "bitsandbytes.backends.cpu.ops"
+KNOWN_NOISE = {  # logger -> a substring of its notice that DropKnownNoise drops
+    "bitsandbytes.backends.cpu.ops": "gemm_4bit_forward",
+    "kernels._internals.hf_hub": "kernels-community/quantization-bitsandbytes",
+}
 # transformers 5.24 renamed gradient_checkpointing to activation_checkpointing and warns at every
 # use, TRL's included; 5.17 (the GPU image) knows only the old name, and both work until v6, which
 # pyproject excludes: nothing for a user to change.
@@ -103,9 +113,10 @@ def drop_known_noise() -> None:
     """Silence the notices above at their source. Runs when pricer is imported: every command
     (train, evaluate, push, compare) imports transformers, and with it bitsandbytes, before its
     main() starts. Idempotent."""
-    logger = logging.getLogger(BITSANDBYTES_CPU_LOGGER)
-    if not any(isinstance(f, DropKnownNoise) for f in logger.filters):
-        logger.addFilter(DropKnownNoise())
+    for name, substring in KNOWN_NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropKnownNoise) for f in logger.filters):
+            logger.addFilter(DropKnownNoise(substring))
     for message in KNOWN_FUTURE_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=FutureWarning)
 

@@ -106,3 +106,21 @@ def test_the_next_job_masks_its_own_tokens(pristine_logging, monkeypatch: pytest
     logging.getLogger("pricer").warning("job 2 token %s", second)
     written = pristine_logging.getvalue()
     assert "job 2 token" in written and second not in written
+
+
+def test_the_cpu_kernel_notices_are_dropped_and_other_records_of_those_loggers_kept(caplog) -> None:
+    """On an AVX512-BF16 host, importing bitsandbytes offline makes `kernels` skip its publisher check
+    for bitsandbytes' CPU matmul, then bitsandbytes says it found no kernel: both notices are dropped
+    (that kernel is never called), whatever the host; anything else those loggers say still shows."""
+    from kernels._internals.hf_hub import _check_trust_remote_code
+
+    logs.drop_known_noise()
+    with caplog.at_level(logging.INFO):
+        _check_trust_remote_code("kernels-community/quantization-bitsandbytes", True, False)  # the real call
+        _check_trust_remote_code("someone/another-kernel", True, False)
+        cpu_ops = logging.getLogger("bitsandbytes.backends.cpu.ops")
+        cpu_ops.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s", "offline")
+        cpu_ops.warning("another bitsandbytes notice")
+    written = "\n".join(r.getMessage() for r in caplog.records)
+    assert "someone/another-kernel" in written and "another bitsandbytes notice" in written
+    assert "quantization-bitsandbytes" not in written and "gemm_4bit_forward" not in written

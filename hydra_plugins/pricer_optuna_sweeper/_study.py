@@ -212,9 +212,11 @@ def tell(study: optuna.Study, trial: Trial, ret: JobReturn, stop: SweepStop) -> 
     if ret.hydra_cfg is not None:
         trial.set_user_attr("output_dir", ret.hydra_cfg.hydra.runtime.output_dir)
     error = ret._return_value if ret.status == JobStatus.FAILED else None
-    if isinstance(error, Interrupted):
-        requeue(study, trial, str(error))
-        stop.stop(error.signum)
+    signum = _interrupting_signal(error, stop)
+    if signum is not None:
+        requeue(study, trial, str(error) if isinstance(error, Interrupted) else
+                f"{signal.Signals(signum).name} during its job ({type(error).__name__})")
+        stop.stop(signum)
     elif isinstance(error, optuna.TrialPruned):
         _record(study, trial, state=TrialState.PRUNED)
         log.info("trial %d pruned: %s", trial.number, error)
@@ -229,6 +231,22 @@ def tell(study: optuna.Study, trial: Trial, ret: JobReturn, stop: SweepStop) -> 
             log.warning("trial %d failed: %s", trial.number, reason, exc_info=error)
     if error is not None:
         error.__traceback__ = None  # even if a Hydra callback kept the JobReturn
+
+
+def _interrupting_signal(error: BaseException | None, stop: SweepStop) -> int | None:
+    """The signal that ended a failed job, if one did.
+
+    SweepStop raises Interrupted wherever the job happens to be, and a library there may
+    re-raise it as its own error (OmegaConf does, for an error inside a config access): the
+    Interrupted is then in the chain. A job that failed while this worker was handling a
+    signal counts as interrupted too: a rerun runs it again, and a real failure fails then.
+    """
+    seen, depth = error, 0
+    while seen is not None and depth < 20:
+        if isinstance(seen, Interrupted):
+            return seen.signum
+        seen, depth = seen.__cause__ or seen.__context__, depth + 1
+    return stop.signum if error is not None else None
 
 
 def _record(study: optuna.Study, trial: Trial, values: list[float] | None = None,
