@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT
 
 
 def run_module(module: str, args: list[str], cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
