@@ -251,10 +251,14 @@ def idle(trials: list[dict], jobs: int, batched: bool) -> dict[str, float]:
 
     Synchronous batches are the trials numbered k*jobs .. (k+1)*jobs-1 (one invocation each): idle
     inside them is the barrier's cost; the gaps between invocations (a new process starting) are
-    reported apart, since a long-lived synchronous sweeper would not pay them."""
+    reported apart, since a long-lived synchronous sweeper would not pay them. Only whole batches count:
+    a run cut off mid-batch leaves a batch whose unfinished trials have no end time."""
+    if batched:
+        numbers = {t["number"] for t in trials}
+        trials = [t for t in trials if all(t["number"] // jobs * jobs + i in numbers for i in range(jobs))]
     busy = sum(ts(t["end"]) - ts(t["start"]) for t in trials)
     span = max(ts(t["end"]) for t in trials) - min(ts(t["start"]) for t in trials)
-    out = {"busy": busy, "span": span, "idle": jobs * span - busy}
+    out = {"busy": busy, "span": span, "idle": jobs * span - busy, "trials": len(trials)}
     if batched:
         batches: dict[int, list[dict]] = {}
         for t in trials:
@@ -391,15 +395,17 @@ def report(result: dict[str, Any], data: dict[str, Any], png: str) -> str:
             f"(synchronous: the command again with n_trials = {jobs}, {2 * jobs}, ..., each waiting for its slowest "
             "trial). Idle = workers x span - time in trials, from the trials' datetime_start/complete:",
             "",
-            "| schedule | span (first start to last end) | time in trials | worker idle | idle share |",
-            "|---|---|---|---|---|",
-            f"| asynchronous (one command) | {a['span']:.0f} s | {a['busy']:.0f} s | {a['idle']:.0f} s | "
-            f"{a['idle'] / (jobs * a['span']):.0%} |",
-            f"| synchronous batches of {jobs}, inside the batches | {s['span'] - s['between_batches']:.0f} s | "
+            "| schedule | trials | span (first start to last end) | span per trial | time in trials | worker idle "
+            "| idle share |",
+            "|---|---|---|---|---|---|---|",
+            f"| asynchronous (one command) | {a['trials']:.0f} | {a['span']:.0f} s | {a['span'] / a['trials']:.1f} s | "
+            f"{a['busy']:.0f} s | {a['idle']:.0f} s | {a['idle'] / (jobs * a['span']):.0%} |",
+            f"| synchronous batches of {jobs}, inside the batches | {s['trials']:.0f} | "
+            f"{s['span'] - s['between_batches']:.0f} s | {(s['span'] - s['between_batches']) / s['trials']:.1f} s | "
             f"{s['busy']:.0f} s | {s['in_batch_idle']:.0f} s | "
             f"{s['in_batch_idle'] / (jobs * (s['span'] - s['between_batches'])):.0%} |",
-            f"| synchronous, also the restarts between batches | {s['span']:.0f} s | {s['busy']:.0f} s | "
-            f"{s['idle']:.0f} s | {s['idle'] / (jobs * s['span']):.0%} |",
+            f"| synchronous, also the restarts between batches | {s['trials']:.0f} | {s['span']:.0f} s | "
+            f"{s['span'] / s['trials']:.1f} s | {s['busy']:.0f} s | {s['idle']:.0f} s | {s['idle'] / (jobs * s['span']):.0%} |",
             "",
         ]
     return "\n".join(lines + verdict(result) + ["Per seed:", "", per_seed_table(result), ""])
