@@ -26,23 +26,38 @@ from test_sweeper import runs, states, study, toy_env, write_toy
 # --- the sweeper's side, on the toy app ---------------------------------------------------------
 
 
+TOY_STEPS = 40  # steps of a toy job in these sweeps, 0.05 s each, each reported to its trial
+
+
 def _toy_sweep(folder: Path, *overrides: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "toy.py", "steps=40", "sleep=0.05", *overrides], cwd=folder,
+    return subprocess.Popen([sys.executable, "toy.py", f"steps={TOY_STEPS}", "sleep=0.05", *overrides], cwd=folder,
                             env=toy_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _wait_for(condition, timeout: float = 90, what: str = "condition") -> None:
+def _wait_for(condition, timeout: float = 90, what: str = "condition"):
+    """Poll until `condition()` is truthy; its value."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (found := condition()):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+    return found
 
 
 def _running(folder: Path) -> list[optuna.trial.FrozenTrial]:
     if not (folder / "sweep" / "multirun.yaml").exists():  # written once the study exists
         return []
     return [t for t in study(folder).trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
+
+
+def _mid_job(trial: optuna.trial.FrozenTrial) -> bool:
+    """The trial's job has a quarter of its steps (0.5 s or more) to go: a signal sent now lands inside it.
+
+    RUNNING alone is not enough: a trial stays RUNNING from the end of its job until its
+    worker tells it, and a signal in that window rightly leaves it COMPLETE. Under load a
+    poll can see a trial RUNNING for the first time there.
+    """
+    return len(trial.intermediate_values) <= TOY_STEPS * 3 // 4
 
 
 @pytest.fixture
@@ -54,28 +69,33 @@ def toy(tmp_path: Path) -> Path:
 @pytest.mark.slow  # a sweep of toy trials in subprocesses
 def test_sigterm_to_a_sweep_leaves_its_trial_waiting_and_a_rerun_finishes_it(toy: Path) -> None:
     first = _toy_sweep(toy)
-    _wait_for(lambda: any(t.number == 1 for t in _running(toy)), what="trial 1 to run")
+    victim = _wait_for(lambda: next((t.number for t in _running(toy) if t.number >= 1 and _mid_job(t)), None),
+                       what="a trial after trial 0 to run its job")  # usually trial 1
     first.send_signal(signal.SIGTERM)
     out, _ = first.communicate(timeout=60)
     assert first.returncode == 128 + signal.SIGTERM, out[-3000:]
     s = study(toy)
-    assert [t.state for t in s.trials] == [TrialState.COMPLETE, TrialState.WAITING], states(s)
-    assert "SIGTERM" in s.trials[1].user_attrs["interrupted"]
-    assert "fail_reason" not in s.trials[1].user_attrs
+    assert [t.state for t in s.trials] == [TrialState.COMPLETE] * victim + [TrialState.WAITING], states(s)
+    assert "SIGTERM" in s.trials[victim].user_attrs["interrupted"]
+    assert "fail_reason" not in s.trials[victim].user_attrs
 
     again = _toy_sweep(toy)
     out, _ = again.communicate(timeout=120)
     assert again.returncode == 0, out[-3000:]
     s = study(toy)
     assert states(s) == {"COMPLETE": 4}, "the interrupted trial is the same trial, finished, not a failure"
-    assert sorted(r["number"] for r in runs(toy)) == [0, 1, 2, 3]  # trial 1's job ran to its end once
+    assert sorted(r["number"] for r in runs(toy)) == [0, 1, 2, 3]  # the interrupted job ran to its end once
 
 
 @pytest.mark.slow  # a sweep of toy trials in subprocesses
 def test_sigterm_to_one_worker_stops_it_and_the_other_worker_resumes_its_trial(toy: Path) -> None:
     sweep = _toy_sweep(toy, "hydra.sweeper.n_jobs=2")
-    _wait_for(lambda: len(_running(toy)) == 2, what="both workers to run a trial")
-    victim = _running(toy)[0]
+
+    def victim_mid_job() -> optuna.trial.FrozenTrial | None:
+        running = _running(toy)
+        return next((t for t in running if _mid_job(t)), None) if len(running) == 2 else None
+
+    victim = _wait_for(victim_mid_job, what="both workers to run a trial, one of them mid-job")
     os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGTERM)
     out, _ = sweep.communicate(timeout=120)
     assert sweep.returncode == 0, out[-3000:]  # the study finished: the stopped worker is no error
@@ -89,7 +109,8 @@ def test_sigterm_to_one_worker_stops_it_and_the_other_worker_resumes_its_trial(t
 @pytest.mark.slow  # a sweep of toy trials in subprocesses
 def test_sigterm_to_a_parallel_sweep_stops_every_worker(toy: Path) -> None:
     sweep = _toy_sweep(toy, "hydra.sweeper.n_jobs=2")
-    _wait_for(lambda: len(_running(toy)) == 2, what="both workers to run a trial")
+    _wait_for(lambda: len(running := _running(toy)) == 2 and all(map(_mid_job, running)),
+              what="both workers to run a trial, mid-job")
     sweep.send_signal(signal.SIGTERM)  # the sweep process only: it forwards the signal to its workers
     out, _ = sweep.communicate(timeout=60)
     assert sweep.returncode == 128 + signal.SIGTERM, out[-3000:]
@@ -99,6 +120,65 @@ def test_sigterm_to_a_parallel_sweep_stops_every_worker(toy: Path) -> None:
     out, _ = done.communicate(timeout=120)
     assert done.returncode == 0, out[-3000:]
     assert states(study(toy)) == {"COMPLETE": 4}
+
+
+@pytest.mark.slow  # a sweep of toy trials in subprocesses
+def test_sigterm_to_a_parallel_sweep_while_its_workers_start_exits_as_stopped(toy: Path) -> None:
+    """A signal right after the workers start reaches them through the sweep process (whose own handler
+    used to come only after the start: it died, exit -15). Workers still importing have no handler yet
+    and die of it (exit -15): they had claimed nothing, so they are stopped, not failed (was: exit 1)."""
+    sweep = _toy_sweep(toy, "hydra.sweeper.n_jobs=2")
+    seen = ""
+    while "worker 1 (pid" not in seen and sweep.poll() is None:
+        seen += sweep.stdout.readline()
+    sweep.send_signal(signal.SIGTERM)
+    out, _ = sweep.communicate(timeout=60)
+    assert sweep.returncode == 128 + signal.SIGTERM, (seen + out)[-3000:]
+    assert "FAIL" not in states(study(toy)) and not runs(toy)
+
+
+@pytest.mark.parametrize("edge", ["before", "opening", "closing"])
+def test_a_signal_on_the_edge_of_the_job_window_is_told_not_raised(edge: str) -> None:
+    """Python runs the handler between any two lines. Before the window (claiming, starting the
+    heartbeat thread) it only sets the flag: the job must not start, though no line checks the flag
+    after it (seen under load: the job ran to its end, the trial COMPLETE). On the window's first or
+    last line it raises Interrupted: the trial is still told, not left RUNNING by an escaped
+    Interrupted, and a job that had returned keeps its outcome."""
+    from contextlib import contextmanager
+
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from hydra_plugins.pricer_optuna_sweeper._signals import SweepStop
+    from hydra_plugins.pricer_optuna_sweeper._study import _launch_guarded, tell
+    from pricer.interrupt import Interrupted
+
+    class EdgeStop(SweepStop):
+        @contextmanager
+        def job(self):
+            if edge == "before":
+                self._on_signal(signal.SIGTERM, None)
+            with super().job():
+                if edge == "opening":
+                    self._on_signal(signal.SIGTERM, None)
+                yield
+                if edge == "closing":
+                    self._on_signal(signal.SIGTERM, None)
+
+    s = optuna.create_study()
+    trial, stop, launched = s.ask(), EdgeStop(raise_in_job=True), []
+
+    def launch(t: optuna.trial.Trial) -> JobReturn:
+        launched.append(t.number)
+        return JobReturn(status=JobStatus.COMPLETED, _return_value=1.5)
+
+    ret = _launch_guarded(s, trial, launch, stop)
+    tell(s, trial, ret, stop)
+    assert stop.signum == signal.SIGTERM
+    if edge == "closing":
+        assert s.trials[0].state == TrialState.COMPLETE and s.trials[0].value == 1.5
+    else:
+        assert isinstance(ret._return_value, Interrupted) and s.trials[0].state == TrialState.WAITING
+        assert launched == [], "the job never started"
 
 
 # --- pruning reads the study's direction ----------------------------------------------------------

@@ -44,7 +44,8 @@ def main(cfg) -> float:
         if job.report(value, step):
             break
     record = {"number": number, "x": cfg.x, "n": cfg.n, "mode": cfg.mode, "k": cfg.k, "steps": steps,
-              "pid": os.getpid(), "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
+              "pid": os.getpid(), "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
+              "threads": os.environ.get("OMP_NUM_THREADS")}
     with open("runs.jsonl", "a") as f:
         f.write(json.dumps(record) + "\\n")
     job.raise_if_pruned()
@@ -222,6 +223,23 @@ def test_parallel_workers_are_pinned_and_never_share_a_trial(toy: Path) -> None:
     assert {r["gpu"] for r in ran} == {"3", "5"}
     assert all(len({r["gpu"] for r in ran if r["pid"] == pid}) == 1 for pid in {r["pid"] for r in ran})
     assert (toy / "sweep" / "optimization_results.yaml").exists()
+
+
+@pytest.mark.slow  # a sweep of toy trials in subprocesses
+@pytest.mark.parametrize("user_threads", [None, "3"])
+def test_workers_on_the_cpu_split_its_cores_unless_the_user_set_threads(toy: Path, user_threads: str | None) -> None:
+    """No GPU visible: each of 2 workers gets half the cores as OMP_NUM_THREADS, or the user's own value."""
+    env = toy_env() | {"CUDA_VISIBLE_DEVICES": ""}  # no GPU, whatever the host has
+    env.pop("OMP_NUM_THREADS", None)
+    if user_threads:
+        env["OMP_NUM_THREADS"] = user_threads
+    proc = subprocess.run([sys.executable, "toy.py", "hydra.sweeper.n_jobs=2"], cwd=toy, env=env,
+                          capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ran = runs(toy)
+    assert len({r["pid"] for r in ran}) == 2 and all(r["gpu"] == "" for r in ran)
+    expected = user_threads or str(max(1, len(os.sched_getaffinity(0)) // 2))
+    assert {r["threads"] for r in ran} == {expected}
 
 
 @pytest.mark.slow  # a sweep of toy trials in subprocesses

@@ -1,6 +1,6 @@
 """SIGTERM/SIGINT to a sweep process: stop it cleanly, leaving its trial resumable.
 
-While a job trains, pricer.train's own handler (pricer.interrupt.StopOnSignal) takes the
+While a job trains, pricer.train's own handler (pricer.fit.StopOnSignal) takes the
 signal: it saves a checkpoint at the end of the step and raises Interrupted, which the
 sweeper records as a WAITING trial (_study.requeue). Outside those windows this
 handler takes it:
@@ -47,8 +47,16 @@ class SweepStop:
 
     @contextmanager
     def job(self) -> Iterator[None]:
-        self.in_job = True
+        """The window in which a signal raises Interrupted. Enter it inside the try that catches the job's
+        errors (_study._launch_guarded): the raise may come on the window's first or last line.
+
+        A signal that came since the loop last looked (claiming, starting the heartbeat thread, which
+        waits for it to run: long under load) only set the flag: it raises here, so the job never starts.
+        """
+        self.in_job = True  # first: a signal from here on raises in the handler itself
         try:
+            if self.signum is not None:
+                raise Interrupted(self.signum, None)
             yield
         finally:
             self.in_job = False

@@ -116,7 +116,7 @@ def run_trials(study: optuna.Study, suggest: Callable[[Trial], None], launch: Ca
         if stop.signum is not None:  # came while claiming: the trial waits for the next run
             requeue(study, trial, f"{signal.Signals(stop.signum).name} before its job started")
             return
-        with heartbeat(study, trial), stop.job():
+        with heartbeat(study, trial):
             ret = _launch_guarded(study, trial, launch, stop)
         tell(study, trial, ret, stop)
         del ret  # a failed job's exception holds its frames, hence its model: free it now
@@ -185,15 +185,24 @@ def _launch_guarded(study: optuna.Study, trial: Trial, launch: Callable[[Trial],
 
     A signal this process's handler raised (Interrupted) or a forced Ctrl-C (KeyboardInterrupt)
     re-queues the trial as an interrupted one: a rerun resumes it.
+
+    stop.job() is entered inside the try: SweepStop raises Interrupted wherever Python runs the
+    handler while the job window is open, its opening and closing lines included. Outside the try,
+    an Interrupted raised there would escape run_trials, leaving the trial RUNNING untold and the
+    worker dead with exit 1. A job that had already returned keeps its outcome.
     """
+    ret = None
     try:
-        return launch(trial)
+        with stop.job():
+            ret = launch(trial)
     except Exception as err:  # noqa: BLE001 - any launcher error is this trial's failure; Interrupted: tell() re-queues
-        return JobReturn(status=JobStatus.FAILED, _return_value=err)
+        if ret is None:
+            ret = JobReturn(status=JobStatus.FAILED, _return_value=err)
     except BaseException:
         requeue(study, trial, "KeyboardInterrupt")
         stop.stop(signal.SIGINT)
         raise
+    return ret
 
 
 def requeue(study: optuna.Study, trial: Trial, why: str) -> None:

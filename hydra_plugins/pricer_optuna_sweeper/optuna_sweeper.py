@@ -102,22 +102,26 @@ class PricerOptunaSweeper(Sweeper):
         """A sweep stopped by a signal exits 128 + signal, as pricer.train does; other worker exits are errors.
 
         A worker stopped on its own (SIGTERM to its pid) is no error when the other workers
-        resumed its trial: the study then holds nothing WAITING.
+        resumed its trial: the study then holds nothing WAITING. A worker stopped by a signal exits
+        128 + signal, or dies of it (exit -signal) before its handler is in (it is still starting
+        and holds no trial) or on a second, forced signal: a stopped worker either way, not a failed one.
         """
         from optuna.trial import TrialState
 
         from pricer.interrupt import SIGNALS
 
-        stopped = [code for code in codes if code in {128 + s for s in SIGNALS}]
-        if any(code not in (0, *stopped) for code in codes):
+        by_code = {128 + s: s for s in SIGNALS} | {-s: s for s in SIGNALS}
+        stopped = [by_code[code] for code in codes if code in by_code]
+        if any(code != 0 and code not in by_code for code in codes):
             raise RuntimeError(f"sweep workers exited with codes {codes}: see their logs above")
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        code = 128 + signum if signum is not None else stopped[0] if stopped and waiting else None
-        if code is None:
+        if signum is None and stopped and waiting:
+            signum = stopped[0]
+        if signum is None:
             return
         log.warning("sweep stopped by a signal; %d trials wait (%s): run the same command again to resume them",
                     len(waiting), ", ".join(str(t.number) for t in waiting) or "none")
-        sys.exit(code)
+        sys.exit(128 + signum)
 
     def _check_settings(self) -> None:
         """Budget, workers, failure rate and directions that cannot work: one line, before any study or dir."""
@@ -219,7 +223,7 @@ class PricerOptunaSweeper(Sweeper):
         from . import _space, _study, _workers
 
         if self.n_jobs > 1 and _runs_in_process(self.launcher):
-            stop.restore()  # the workers handle signals (run_workers forwards them)
+            # the workers handle signals: run_workers forwards them (until then stop's handler only records one)
             devices = list(map(str, self.devices)) if self.devices else _workers.detect_devices()
             overrides = ["hydra.sweeper.n_jobs=1", f"hydra.sweep.dir={_space.quote(str(sweep_dir))}"]
             return _workers.run_workers(self.n_jobs, devices, overrides, stop)
