@@ -20,7 +20,9 @@ from typing import Any, NoReturn
 
 from pricer import PACKAGE_DIR
 from pricer.metrics import baseline_metrics, price_metrics, save_chart, summary_line
-from pricer.predict import number_token_values, predict_prices
+
+# pricer.predict (torch) is imported where a model is scored: bad input to `python -m pricer.evaluate`
+# is refused before any heavy import, in well under a second.
 
 METRICS_FILE = "metrics.json"
 CHART_FILE = "price_chart.png"
@@ -54,6 +56,8 @@ def evaluate_model(
     Keys are `test/...` for the model and `baseline/...` for always guessing the
     mean of `train_prices`, side by side so a reader sees whether the model beats it.
     """
+    from pricer.predict import predict_prices
+
     guesses = predict_prices(model, tokenizer, prompts, top_k, batch_tokens, max_length=max_length)
     test = price_metrics(guesses, prices)
     metrics = _prefixed("test", test)
@@ -69,6 +73,8 @@ def evaluate_model(
 def score_validation(model, tokenizer, prompts: list[str], prices: list[float], top_k: int, batch_tokens: int,
                      max_length: int | None = None) -> dict[str, Any]:
     """`val/...` metrics of the held-out slice: what a sweep selects on, so the test set stays a report."""
+    from pricer.predict import predict_prices
+
     guesses = predict_prices(model, tokenizer, prompts, top_k, batch_tokens, max_length=max_length)
     return _prefixed("val", price_metrics(guesses, prices))
 
@@ -90,6 +96,8 @@ def price_eval_callback(
     no eval_dataset and no eval_strategy: one batched forward pass per step logged.
     """
     from transformers import TrainerCallback
+
+    from pricer.predict import number_token_values, predict_prices
 
     tokenizer = trainer.processing_class
     values = number_token_values(tokenizer)  # inspect the tokenizer once, not at every step

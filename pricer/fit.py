@@ -12,11 +12,23 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from transformers import TrainerCallback
+
 from pricer.data import Items
 from pricer.distributed import agreed_signal, barrier, broadcast_object, is_main
+from pricer.interrupt import SignalStop
+from pricer.push import CheckpointPusher
 from pricer.resume import read_run, write_run
 
 log = logging.getLogger("pricer")
+
+
+class StopOnSignal(SignalStop, TrainerCallback):
+    """pricer.interrupt's signal stop as a Trainer callback: saves and stops at the end of the step."""
+
+
+class CheckpointKeeper(CheckpointPusher, TrainerCallback):
+    """pricer.push's checkpoint pusher as a Trainer callback: pushes and rotates each saved checkpoint."""
 
 
 def fit(model, tokenizer, train_dataset, val: Items | None, *, run_dir: Path, run_name: str, sft: dict[str, Any],
@@ -26,9 +38,9 @@ def fit(model, tokenizer, train_dataset, val: Items | None, *, run_dir: Path, ru
     """The trained PEFT model and the run's training numbers (loss, steps, seconds, trainable params).
 
     `memory_gib=None` keeps `sft`'s batch size; a number measures peak memory and fills it.
-    `keeper` (pricer.push.CheckpointKeeper) pushes and rotates checkpoints as they are saved."""
+    `keeper` (CheckpointKeeper) pushes and rotates checkpoints as they are saved."""
     from pricer import speed, trial
-    from pricer.interrupt import Interrupted, StopOnSignal
+    from pricer.interrupt import Interrupted
     from pricer.modeling import build_lora_config
     from pricer.training import build_sft_config, build_trainer
 

@@ -48,26 +48,16 @@ class RaiseOnSignal:
         raise Interrupted(signum, self.step, evaluating=True)
 
 
-def __getattr__(name: str) -> type:
-    """StopOnSignal is built on first use: it subclasses transformers' TrainerCallback, and the sweeper
-    imports this module (Interrupted, SIGNALS) in processes that never train."""
-    if name != "StopOnSignal":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from transformers import TrainerCallback
-
-    cls = type("StopOnSignal", (_StopOnSignal, TrainerCallback), {"__module__": __name__})
-    globals()["StopOnSignal"] = cls
-    return cls
-
-
-class _StopOnSignal:
-    """SIGTERM/SIGINT during training: save at the end of this step and stop (a TrainerCallback)."""
+class SignalStop:
+    """SIGTERM/SIGINT during training: save at the end of this step and stop. The Trainer gets it as
+    pricer.fit.StopOnSignal (with TrainerCallback's other hooks): the sweeper imports this module
+    (Interrupted, SIGNALS) in processes that never import transformers."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self.previous: dict[int, object] = {}
 
-    def install(self) -> "_StopOnSignal":
+    def install(self) -> "SignalStop":
         if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
             for sig in SIGNALS:
                 self.previous[sig] = signal.signal(sig, self._on_signal)

@@ -110,9 +110,9 @@ KNOWN_FUTURE_WARNINGS = (r"`(is_)?gradient_checkpointing` is deprecated",)
 
 
 def drop_known_noise() -> None:
-    """Silence the notices above at their source. Runs when pricer is imported: every command
-    (train, evaluate, push, compare) imports transformers, and with it bitsandbytes, before its
-    main() starts. Idempotent."""
+    """Silence the notices above at their source. Runs when pricer is imported, so it is in place
+    before a command imports transformers, and with it bitsandbytes (train and evaluate do when they
+    validate or load a model; push and compare never do). Idempotent."""
     for name, substring in KNOWN_NOISE.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, DropKnownNoise) for f in logger.filters):

@@ -16,7 +16,6 @@ the matmuls run at ~92 % of the chip's measured rate and take ~65 % of the step.
 import logging
 import math
 from collections.abc import Callable
-from contextlib import contextmanager
 
 from pricer.modeling import unwrap_peft
 
@@ -38,8 +37,8 @@ def apply_liger(accelerator: str) -> bool:
     the LM head at completion positions only, and TRL's loss is the one pricer keeps.
     Triton kernels need CUDA, so elsewhere this is a logged no-op.
 
-    The patch is process-wide until `restore_liger()` (or use `liger_kernels()`): a job of an
-    in-process --multirun must restore it so that the next job, without Liger, gets
+    The patch is process-wide until `restore_liger()`, which pricer.train calls when a job
+    ends, however it ends: the next job of an in-process --multirun, without Liger, gets
     transformers' own modules. TRL/transformers' instance switch (SFTConfig.use_liger_kernel)
     is not used: it calls the same liger function with model=..., which rewrites these
     module globals too (so it leaks the same way), and it runs only when train() starts,
@@ -78,16 +77,6 @@ def restore_liger() -> bool:
     _liger_originals.clear()
     log.info("liger: transformers' Llama modules restored")
     return True
-
-
-@contextmanager
-def liger_kernels(accelerator: str, enabled: bool = True):
-    """One job's Liger patch: applied on entry (before the model is built), undone on exit, however
-    the job ends. Yields whether the kernels are on."""
-    try:
-        yield apply_liger(accelerator) if enabled else False
-    finally:
-        restore_liger()
 
 
 def causal_mask_only(model, accelerator: str) -> None:

@@ -7,6 +7,7 @@ owns it; nothing below calls back up into this file.
 """
 
 import dataclasses
+import functools
 import json
 import logging
 import sys
@@ -40,10 +41,9 @@ def train(cfg: DictConfig) -> float:
         log.info("sweep: selecting on %s (held-out validation items), %s is the report",
                  sweep_objective(run.optimized_metric), run.optimized_metric)
         run = dataclasses.replace(run, optimized_metric=sweep_objective(run.optimized_metric))
-    from pricer import evaluate, fit, modeling, speed, tracking, trial
+    from pricer import evaluate, fit, modeling, tracking, trial
     from pricer.interrupt import RaiseOnSignal
     from pricer.metrics import run_report
-    from pricer.push import CheckpointKeeper
 
     evaluation, data = run.evaluation, run.data
     holds_out = bool(evaluation["eval_steps"]) or run.optimized_metric.startswith("val/")
@@ -58,11 +58,8 @@ def train(cfg: DictConfig) -> float:
     log.info("run %s -> %s (hub: %s)", claim.project_run_name, run_dir, claim.repo_id or "off")
     trial.set_trial_attrs(run_dir=str(run_dir.absolute()), hub_repo=claim.repo_id, wandb_run=claim.project_run_name)
 
-    def finish(status: str) -> None:
-        tracking.finish(run.tracking["backend"], status)
-        speed.restore_liger()  # the next job of a --multirun in this process gets transformers' own classes
-
-    with recording_status(run_dir, finish):  # failed, interrupted, pruned or finished, whatever happens
+    # run.json says failed, interrupted, pruned or finished, whatever happens; end_job runs last
+    with recording_status(run_dir, functools.partial(end_job, run.tracking["backend"])):
         tokenizer, model = modeling.load_for_run(run.model, run.quant, run.compute_dtype, run.accelerator, run.liger)
         config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         tracked_config = OmegaConf.to_container(cfg, resolve=True) | {
@@ -70,9 +67,9 @@ def train(cfg: DictConfig) -> float:
         report_to = tracking.start(run.tracking["backend"], run.tracking.get("project", run.project),
                                    claim.project_run_name, claim.group, tracked_config, str(run_dir), claim.wandb_id,
                                    run.tracking.get("entity"), run.tracking.get("tags"))
-        keeper = CheckpointKeeper(run_dir, claim.repo_id if run.hub["hub_strategy"] == "every_save" else None,
-                                  run.hub["private"], run.sft["save_total_limit"], run.hub["push_attempts"],
-                                  run.hub["push_wait_s"])
+        keeper = fit.CheckpointKeeper(run_dir, claim.repo_id if run.hub["hub_strategy"] == "every_save" else None,
+                                      run.hub["private"], run.sft["save_total_limit"], run.hub["push_attempts"],
+                                      run.hub["push_wait_s"])
         model, training = fit.fit(
             model, tokenizer, slices.train, slices.val, run_dir=run_dir, run_name=claim.project_run_name,
             sft=run.sft, lora=run.lora, seed=run.seed, accelerator=run.accelerator, compute_dtype=run.compute_dtype,
@@ -90,6 +87,15 @@ def train(cfg: DictConfig) -> float:
                            len(slices.train), run_dir, next_command(run.accelerator)) if is_main() else []:
         log.info("%s", line)
     return metrics[run.optimized_metric]
+
+
+def end_job(tracking_backend: str, status: str) -> None:
+    """However a job ends: close its W&B run, and undo Liger's patch so that the next job of a
+    --multirun in this process gets transformers' own Llama classes."""
+    from pricer import speed, tracking
+
+    tracking.finish(tracking_backend, status)
+    speed.restore_liger()
 
 
 def publish(run: RunConfig, claim: Claim, config_yaml: str, metrics: dict) -> None:

@@ -115,6 +115,30 @@ def run_cli(args: list[str], env: dict[str, str] | None = None, timeout: int = 3
     )
 
 
+def run_cli_in_process(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+                       module: str = "pricer.train") -> subprocess.CompletedProcess:
+    """`python -m pricer.train ...` run in this process (runpy runs the module as __main__, as -m does),
+    from the repo root as run_cli does, with its exit code and output as run_cli returns them. For a
+    command refused before it loads anything: a subprocess would spend ~6-10 s importing TRL, peft and
+    bitsandbytes for validation before the same check. What only a fresh process shows (notices printed
+    while those libraries are first imported) is left to the CLI subprocess tests (run_cli)."""
+    import runpy
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", [module, *args])
+    capsys.readouterr()  # only this command's output
+    code, message = 0, ""
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as exit_:  # as the interpreter ends: an int is the code, anything else goes to stderr
+        if isinstance(exit_.code, int) or exit_.code is None:
+            code = exit_.code or 0
+        else:
+            code, message = 1, f"{exit_.code}\n"
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess([module, *args], code, out.out, out.err + message)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that starts the local Hub stand-in (an HTTP server) is `slow`, whether or not it says so."""
     for item in items:

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import compose_train, run_cli
+from conftest import compose_train, run_cli_in_process
 
 from pricer.config import ConfigError, validate
 from pricer.data import DataError, load_splits
@@ -140,16 +140,18 @@ def test_bad_dataset_names_the_row(tmp_path: Path, rows: list[dict], message: st
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.slow  # the CLI in a subprocess
-def test_resume_of_a_dir_that_is_no_run(tmp_path: Path) -> None:
-    out = run_cli([*DEMO, f"resume={tmp_path}", f"hydra.run.dir={tmp_path}/run", f"output_root={tmp_path}"])
+def test_resume_of_a_dir_that_is_no_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    out = run_cli_in_process([*DEMO, f"resume={tmp_path}", f"hydra.run.dir={tmp_path}/run", f"output_root={tmp_path}"],
+                             monkeypatch, capsys)
     assert out.returncode == 2
     assert f"error: resume={tmp_path} is not a pricer run dir (no run.json)" in out.stderr
 
 
-@pytest.mark.slow  # the CLI in a subprocess
-def test_cli_exits_with_one_line_before_loading_anything(tmp_path: Path) -> None:
-    out = run_cli([*DEMO, "lora.lora_dropout=1.5", f"hydra.run.dir={tmp_path}/run", f"output_root={tmp_path}"])
+def test_cli_exits_with_one_line_before_loading_anything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """The real command in this process (run_cli_in_process): exit code 2, its one error line, no run."""
+    out = run_cli_in_process([*DEMO, "lora.lora_dropout=1.5", f"hydra.run.dir={tmp_path}/run", f"output_root={tmp_path}"],
+                             monkeypatch, capsys)
     assert out.returncode == 2
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: lora.lora_dropout=1.5 must lie in [0, 1): use e.g. lora.lora_dropout=0.1"]

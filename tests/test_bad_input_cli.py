@@ -122,7 +122,7 @@ PUSHES = [  # python -m pricer.push RUN_DIR [--attempts N] [--wait-s S]
 ]
 
 
-@pytest.mark.slow  # pricer.push imports transformers at start-up: ~7 s each
+@pytest.mark.slow  # the CLI in subprocesses (well under a second each: pricer.push imports no transformers)
 @pytest.mark.parametrize(("args", "message"), PUSHES, ids=[" ".join(a).replace("{tmp}", "") for a, _ in PUSHES])
 def test_bad_push_arguments(workdir: Path, args: list[str], message: str) -> None:
     before = files_under(workdir)
@@ -155,3 +155,21 @@ def test_bad_evaluate_input(workdir: Path, args: list[str], message: str) -> Non
     proc = run_module("pricer.evaluate", with_tmp(args, workdir), cwd=workdir)
     assert_one_clear_line(proc, message.replace("{tmp}", str(workdir)))
     assert files_under(workdir) == before  # no outputs/eval/...
+
+
+@pytest.mark.parametrize(("module", "args"), [("pricer.push", ["{tmp}/run", "--attempts", "0"]),
+                                              ("pricer.evaluate", ["{tmp}/notes.txt"]),
+                                              ("pricer.compare", ["{tmp}/empty"])], ids=["push", "evaluate", "compare"])
+def test_a_refusal_imports_no_torch(workdir: Path, module: str, args: list[str]) -> None:
+    """push, evaluate and compare refuse bad input before importing torch or transformers: well under
+    a second, not the ~7 s their import takes (what the tables above rely on)."""
+    code = (
+        "import sys, runpy\n"
+        f"sys.argv = [{module!r}, *{with_tmp(args, workdir)!r}]\n"
+        f"try:\n    runpy.run_module({module!r}, run_name='__main__')\n"
+        "finally:\n    print('HEAVY', sorted(m for m in ('torch', 'transformers') if m in sys.modules), file=sys.stderr)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "error: " in out.stderr, out.stderr[-2000:]
+    assert "HEAVY []" in out.stderr, out.stderr[-2000:]

@@ -7,15 +7,20 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_cli_in_process
 
 RUN = ["experiment=demo", "training.max_steps=24", "training.save_steps=8", "training.save_total_limit=2",
        "evaluation.test_items=20", "hub.push=true", "hub.push_wait_s=0.05"]
 
 
 @pytest.mark.slow
-def test_a_refused_token_stops_the_run_before_training_without_retries(tmp_path: Path, hub_stand_in) -> None:
-    out = run_cli([*RUN, f"output_root={tmp_path}"], env={"HF_TOKEN": "hf_not_the_right_token_0123456789", "HF_HUB_OFFLINE": "0"})
+def test_a_refused_token_stops_the_run_before_training_without_retries(tmp_path: Path, hub_stand_in,
+                                                                         monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    """The real command in this process (run_cli_in_process: it ends before any model load), against the
+    stand-in the fixture points this process's client at."""
+    monkeypatch.setenv("HF_TOKEN", "hf_not_the_right_token_0123456789")
+    out = run_cli_in_process([*RUN, f"output_root={tmp_path}"], monkeypatch, capsys)
     assert out.returncode == 2, out.stderr[-2000:]
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: the Hub refused the token in HF_TOKEN (401): set a valid write token "

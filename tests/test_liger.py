@@ -4,6 +4,8 @@ liger-kernel's patch itself is plain Python (it rewrites modeling_llama's global
 here with the real library; only the Triton kernels need CUDA, and no test here runs them.
 """
 
+import functools
+import json
 from pathlib import Path
 
 import pytest
@@ -29,12 +31,14 @@ def test_a_liger_job_does_not_leak_into_the_next_job(tiny_model_dir: Path) -> No
     GPU), job 2 without: job 2's model and transformers' Llama module are transformers' own."""
     from transformers.models.llama import modeling_llama
 
+    from pricer.train import end_job
+
     originals = {name: getattr(modeling_llama, name) for name in speed.LIGER_LLAMA_NAMES}
-    with speed.liger_kernels("cuda") as on:  # job 1: the patch runs before the model is built
-        assert on
-        patched = {name: getattr(modeling_llama, name) for name in speed.LIGER_LLAMA_NAMES}
-        assert all(patched[name] is not originals[name] for name in originals), "liger patched nothing"
-        assert kinds(build(tiny_model_dir)) == {"LigerRMSNorm", "LigerSwiGLUMLP"}
+    assert speed.apply_liger("cuda")  # job 1, as pricer.modeling.load_for_run calls it: before the model is built
+    patched = {name: getattr(modeling_llama, name) for name in speed.LIGER_LLAMA_NAMES}
+    assert all(patched[name] is not originals[name] for name in originals), "liger patched nothing"
+    assert kinds(build(tiny_model_dir)) == {"LigerRMSNorm", "LigerSwiGLUMLP"}
+    end_job("none", "finished")  # job 1 ends as pricer.train ends it
 
     # job 2, hardware.liger=false: nothing calls into Liger
     assert {name: getattr(modeling_llama, name) for name in speed.LIGER_LLAMA_NAMES} == originals
@@ -42,14 +46,20 @@ def test_a_liger_job_does_not_leak_into_the_next_job(tiny_model_dir: Path) -> No
     assert not speed.restore_liger(), "nothing left to restore"
 
 
-def test_the_patch_is_undone_when_the_job_fails(tiny_model_dir: Path) -> None:
+def test_the_patch_is_undone_when_the_job_fails(tmp_path: Path) -> None:
+    """A job that fails after the patch: pricer.train's end_job runs from claim.recording_status's finally."""
     from transformers.models.llama import modeling_llama
 
+    from pricer.claim import recording_status
+    from pricer.train import end_job
+
     original = modeling_llama.LlamaRMSNorm
-    with pytest.raises(RuntimeError, match="job failed"), speed.liger_kernels("cuda"):
+    with pytest.raises(RuntimeError, match="job failed"), recording_status(tmp_path, functools.partial(end_job, "none")):
+        speed.apply_liger("cuda")
         assert modeling_llama.LlamaRMSNorm is not original
         raise RuntimeError("job failed")
     assert modeling_llama.LlamaRMSNorm is original
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "failed"
 
 
 def test_apply_liger_then_restore_as_train_calls_them() -> None:

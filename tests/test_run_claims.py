@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_cli_in_process
 
 from pricer import naming
 from pricer.resume import find_resumable, owner, write_run
@@ -42,7 +42,7 @@ def test_runs_started_in_the_same_second_claim_distinct_dirs(tmp_path: Path) -> 
 @pytest.mark.slow
 def test_two_cli_runs_at_once_keep_their_own_dir_config_and_results(tmp_path: Path) -> None:
     """The repro of two runs started together: each dir holds its own config, run.json and adapter."""
-    env = {**os.environ}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two torch processes on a 2-core host: one thread each
     procs = [subprocess.Popen([sys.executable, "-m", "pricer.train", *QUICK, f"seed={seed}", f"output_root={tmp_path}"],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for seed in (1, 2)]
     for proc in procs:
@@ -62,14 +62,15 @@ def test_two_cli_runs_at_once_keep_their_own_dir_config_and_results(tmp_path: Pa
     assert seeds == {"1", "2"}
 
 
-@pytest.mark.slow
-def test_a_run_that_fails_after_its_claim_is_marked_failed_and_auto_leaves_it(tmp_path: Path) -> None:
-    """The model cannot load (a corrupt weights file): run.json says failed, and resume=auto starts anew."""
+def test_a_run_that_fails_after_its_claim_is_marked_failed_and_auto_leaves_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    """The model cannot load (a corrupt weights file): run.json says failed, and resume=auto starts anew.
+    The real command in this process (run_cli_in_process): it fails at the model's config, before any training."""
     model_dir = tmp_path / "broken-model"
     model_dir.mkdir()
     (model_dir / "config.json").write_text("{not json")
     args = [*QUICK, "model.build_tiny=false", f"model.pretrained_model_name_or_path={model_dir}", f"output_root={tmp_path}"]
-    out = run_cli(args)
+    out = run_cli_in_process(args, monkeypatch, capsys)
     assert out.returncode != 0
     (failed,) = (tmp_path / "runs").glob("*/run.json")
     assert json.loads(failed.read_text())["status"] == "failed"
@@ -103,10 +104,11 @@ BAD = [
 ]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("overrides", "message"), BAD, ids=[" ".join(o) for o, _ in BAD])
-def test_bad_input_is_one_line_and_leaves_no_run_dir(tmp_path: Path, overrides: list[str], message: str) -> None:
-    out = run_cli(["experiment=demo", *overrides, f"output_root={tmp_path}"])
+def test_bad_input_is_one_line_and_leaves_no_run_dir(tmp_path: Path, overrides: list[str], message: str,
+                                                     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """The real command in this process (run_cli_in_process): refused in validation or the data check."""
+    out = run_cli_in_process(["experiment=demo", *overrides, f"output_root={tmp_path}"], monkeypatch, capsys)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
@@ -139,12 +141,13 @@ def test_a_truncated_adapter_falls_back_to_the_previous_checkpoint(tmp_path: Pat
     assert [p.name for p in drop_incomplete_checkpoints(tmp_path / "checkpoints")] == ["checkpoint-16"]
 
 
-@pytest.mark.slow  # the CLI in a subprocess
-def test_resuming_with_another_lora_shape_is_one_line_before_any_load(tmp_path: Path) -> None:
+def test_resuming_with_another_lora_shape_is_one_line_before_any_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture) -> None:
     run_dir = tmp_path / "runs" / "r16"
     fake_checkpoint(run_dir, 8, r=16)
     write_run(run_dir, run_name="r16", status="interrupted", overrides=["experiment=demo"])
-    out = run_cli(["experiment=demo", "lora.r=8", f"resume={run_dir}", f"output_root={tmp_path}"])
+    out = run_cli_in_process(["experiment=demo", "lora.r=8", f"resume={run_dir}", f"output_root={tmp_path}"], monkeypatch,
+                             capsys)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: resume={run_dir} trained with lora.r=16, not 8: resume with lora.r=16 "

@@ -14,10 +14,9 @@ from safetensors.torch import load_file
 from pricer.config import validate
 from pricer.data import load_slices
 from pricer.evaluate import score_slices
-from pricer.fit import fit
+from pricer.fit import CheckpointKeeper, fit
 from pricer.frozen4bit import lean_forward
 from pricer.modeling import load_for_run
-from pricer.push import CheckpointKeeper
 from pricer.resume import write_run
 
 FAKE_WANDB_KEY = "wandbsecret0123456789abcdef0123456789abcd"
