@@ -12,14 +12,14 @@ install: ## install pricer and its test tools (CPU torch from the local disk, no
 demo: ## the embedded default: tiny model, 4-bit, sample data, CPU, no network, < 3 min
 	$(PY) -m pricer.train experiment=demo
 
-test: ## the CI suite (CPU, tiny models, local Hub stand-in, W&B offline)
-	$(PY) -m pytest -q
+test: ## the CI suite (CPU, tiny models, local Hub stand-in, W&B offline), one pytest worker per core
+	$(PY) -m pytest -q -n auto
 
 test-fast: ## the quick loop: tests not marked slow (no training, no sweep, no server, no CLI subprocess)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto -m "not slow"
 
 test-full: ## the suite with the GPU tests (on a GPU machine; they skip without one)
-	$(PY) -m pytest -q -m "slow or gpu or not slow"
+	$(PY) -m pytest -q -n auto -m "slow or gpu or not slow"
 
 lint: ## ruff
 	$(PY) -m ruff check pricer tests bench hydra_plugins scripts

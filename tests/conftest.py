@@ -10,7 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+# One OpenMP thread per process, set before torch is imported here or in any subprocess: the suite
+# runs as many pytest workers as cores (make test: -n auto), and torch's default of a thread per core
+# in each of them made a 2-core host spin (a second process on the same 2 cores ran steps 50x slower).
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
@@ -126,6 +131,7 @@ def run_cli_in_process(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys:
 
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "argv", [module, *args])
+    monkeypatch.delitem(sys.modules, module, raising=False)  # imported by an earlier test: -m runs a fresh copy
     capsys.readouterr()  # only this command's output
     code, message = 0, ""
     try:
