@@ -84,12 +84,16 @@ def mask_every_record() -> None:
 
 
 class DropKnownNoise(logging.Filter):
-    """Drops one library's notice about bitsandbytes' repacked CPU matmul, by a substring of it.
+    """Drops a library's notice, by a substring of it, where the notice asks nothing of a user.
 
-    On CPUs with AVX512-BF16, importing bitsandbytes asks the `kernels` package for that
-    kernel: offline, `kernels` says it skips its publisher check, then bitsandbytes says it
-    found no kernel. pricer keeps that repack off (pricer.modeling.keep_4bit_layout), so the
-    kernel is never called and neither notice asks for anything that changes a run."""
+    - bitsandbytes' repacked CPU matmul: on CPUs with AVX512-BF16, importing bitsandbytes asks
+      the `kernels` package for that kernel; offline, `kernels` says it skips its publisher
+      check, then bitsandbytes says it found no kernel. pricer keeps that repack off
+      (pricer.modeling.keep_4bit_layout), so the kernel is never called.
+    - Liger's optional backends: at a kernel's first call (hardware.liger=true), liger-kernel 0.8
+      tries its CuTe-DSL and Ascend NPU variants of the op and warns for each it cannot import,
+      then runs its Triton kernel, the one pricer's Liger numbers (BENCHMARKS.md) were measured
+      with. liger_kernel.backends.registry.get_discovery_failures() still lists them."""
 
     def __init__(self, substring: str) -> None:
         super().__init__()
@@ -102,6 +106,7 @@ class DropKnownNoise(logging.Filter):
 KNOWN_NOISE = {  # logger -> a substring of its notice that DropKnownNoise drops
     "bitsandbytes.backends.cpu.ops": "gemm_4bit_forward",
     "kernels._internals.hf_hub": "kernels-community/quantization-bitsandbytes",
+    "liger_kernel.backends.registry": "could not be imported",
 }
 # transformers 5.24 renamed gradient_checkpointing to activation_checkpointing and warns at every
 # use, TRL's included; 5.17 (the GPU image) knows only the old name, and both work until v6, which
