@@ -137,6 +137,44 @@ def test_sigterm_to_a_parallel_sweep_while_its_workers_start_exits_as_stopped(to
     assert "FAIL" not in states(study(toy)) and not runs(toy)
 
 
+def test_a_signal_handed_to_another_thread_while_workers_start_reaches_every_worker(monkeypatch) -> None:
+    """The kernel may give a process's SIGTERM to any thread that does not block it (the sweep
+    process has Optuna's and SQLAlchemy's): Python then runs the forwarding handler in the main
+    thread between two lines of the start loop, after worker 0 started and before worker 1 did.
+    Both must get it (was: neither, so the workers ran every trial and the study ended COMPLETE)."""
+    import threading
+
+    from hydra_plugins.pricer_optuna_sweeper import _workers
+    from hydra_plugins.pricer_optuna_sweeper._signals import SweepStop
+
+    monkeypatch.setattr(sys, "orig_argv", [sys.executable, "-c", "import time; time.sleep(60)"])  # a worker
+    real_start, worker_0_started, sent = _workers._start, threading.Event(), threading.Event()
+
+    def send() -> None:  # a thread that exists before the workers start, like the sweep process's own
+        worker_0_started.wait()
+        os.kill(os.getpid(), signal.SIGTERM)  # the kernel may hand it to this thread
+        sent.set()
+
+    def start_then_signal(index: int, *args):
+        proc = real_start(index, *args)
+        if index == 0:
+            worker_0_started.set()
+            sent.wait()
+        return proc
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+
+    monkeypatch.setattr(_workers, "_start", start_then_signal)
+    stop = SweepStop(raise_in_job=False)
+    started = time.monotonic()
+    codes = _workers.run_workers(2, [], [], stop)
+    sender.join()
+    assert stop.signum == signal.SIGTERM
+    assert codes == [-signal.SIGTERM] * len(codes) and codes, codes
+    assert time.monotonic() - started < 30, "a worker slept on: it never got the signal"
+
+
 @pytest.mark.parametrize("edge", ["before", "opening", "closing"])
 def test_a_signal_on_the_edge_of_the_job_window_is_told_not_raised(edge: str) -> None:
     """Python runs the handler between any two lines. Before the window (claiming, starting the

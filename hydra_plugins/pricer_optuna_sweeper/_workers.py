@@ -7,10 +7,10 @@ launcher is safe with one job at a time), on its own GPU through CUDA_VISIBLE_DE
 Hydra's on_multirun_* callbacks therefore run once per worker, on_job_* once per trial.
 
 Signals: each worker runs in its own session, so a terminal's Ctrl-C reaches only the
-sweep process, which forwards it (and SIGTERM) to every worker exactly once, also while
-they start: each saves its trial's checkpoint and leaves the trial WAITING. A second
-signal is forwarded too (the workers' forced exit). A worker whose parent dies gets
-SIGTERM from the kernel.
+sweep process, which forwards it (and SIGTERM) to every worker exactly once, also to
+those started after it came: each saves its trial's checkpoint and leaves the trial
+WAITING. A second signal is forwarded too (the workers' forced exit). A worker whose
+parent dies gets SIGTERM from the kernel.
 """
 
 import ctypes
@@ -47,31 +47,40 @@ def detect_devices() -> list[str]:
 def run_workers(n_jobs: int, devices: list[str], overrides: list[str], stop: SweepStop) -> list[int]:
     """Start the workers, wait for all of them, forwarding SIGTERM/SIGINT (recorded in `stop`); their exit codes.
 
-    The forwarding handler is in before the first worker starts, and the signals are held while
-    they start: a signal then (a preemption right after launch) reaches every worker once, not
-    the default handler of this process (which would die, exit -15, its workers left to PDEATHSIG)
-    nor a worker missed because it was started in the middle of the handler.
+    The forwarding handler is in before the first worker starts, and every signal reaches every
+    worker once, whenever it comes: one that lands while the workers start (a preemption right
+    after launch) is sent to those already started and to each later one as it starts. The
+    handler runs in the main thread between two lines of the start loop (the kernel may hand the
+    signal to any thread of this process, so blocking it here would not hold it back).
     """
     if devices and n_jobs > len(devices):
         log.warning("%d workers on %d GPUs: some GPUs run two trials at once", n_jobs, len(devices))
     procs: list[subprocess.Popen] = []
+    received: list[int] = []  # every signal so far, in order
+    sent: dict[int, int] = {}  # worker pid -> how many of `received` it was sent
+
+    def deliver() -> None:
+        for proc in procs:
+            while sent[proc.pid] < len(received) and proc.poll() is None:
+                index = sent[proc.pid]
+                sent[proc.pid] = index + 1  # claimed before sending: a handler running in between sends the next
+                proc.send_signal(received[index])
 
     def forward(signum: int, frame: object) -> None:
         stop.stop(signum)
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signum)
+        received.append(signum)
+        deliver()
 
     previous = {sig: signal.signal(sig, forward) for sig in SIGNALS} if _in_main_thread() else {}
     try:
-        if stop.signum is None:  # else it came before this handler was in: start nothing
-            signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-            try:
-                threads = None if devices else cpu_threads_per_worker(n_jobs)
-                procs += [_start(k, devices[k % len(devices)] if devices else None, threads, overrides)
-                          for k in range(n_jobs)]
-            finally:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # one held now runs forward
+        threads = None if devices else cpu_threads_per_worker(n_jobs)
+        for k in range(n_jobs):
+            if stop.signum is not None:  # stopped before (or while) the workers start: start no more
+                break
+            proc = _start(k, devices[k % len(devices)] if devices else None, threads, overrides)
+            sent[proc.pid] = 0
+            procs.append(proc)
+            deliver()  # a signal that came while it started
         return [proc.wait() for proc in procs]
     finally:
         for sig, handler in previous.items():
@@ -110,12 +119,7 @@ def _start(index: int, device: str | None, threads: int | None, overrides: list[
 
 
 def _die_with_parent() -> None:
-    """Linux: a worker gets SIGTERM when the sweep process dies, instead of living on unseen.
-
-    Also unblocks SIGTERM/SIGINT, held in the sweep process while it starts workers: a child
-    inherits the mask, and a worker that held them forever could never be stopped.
-    """
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+    """Linux: a worker gets SIGTERM when the sweep process dies, instead of living on unseen."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
