@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study", help="study name; needed when the storage holds several")
     parser.add_argument("--out", type=Path, help="where the PNGs go (default: next to the study)")
     args = parser.parse_args(argv)
+    if args.out is not None and args.out.exists() and not args.out.is_dir():  # before the table, not after it
+        print(f"error: --out {args.out} is a file: name a folder for the plots (it is made if missing)", file=sys.stderr)
+        return 2
     try:
         url, out_dir = locate(args.target)
         study = load_study(url, args.study)

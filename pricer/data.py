@@ -76,7 +76,7 @@ def load_splits(
     if data_files:  # one file set at a time, so a broken file is named by its split
         splits = DatasetDict({name: _load_files(load_dataset, path, name, files) for name, files in data_files.items()})
     else:
-        splits = load_dataset(path, revision=revision)
+        splits = _load_hub(load_dataset, path, revision)
     for split in ("train", "test"):
         if split not in splits:
             raise DataError(f"data: no '{split}' split in {path} (found {list(splits)}): set data.data_files.{split}")
@@ -84,8 +84,28 @@ def load_splits(
         splits["train"] = splits["train"].select(range(min(max_train_samples, len(splits["train"]))))
     for split, dataset in splits.items():
         columns = dataset.column_names
-        check_items(columns, dataset["text"] if "text" in columns else [], dataset["price"] if "price" in columns else [], split)
+        try:
+            check_items(columns, dataset["text"] if "text" in columns else [], dataset["price"] if "price" in columns else [],
+                        split)
+        except UnicodeDecodeError as err:  # pyarrow's JSON and CSV readers pass bytes through; reading them fails
+            source = f"data.data_files.{split}={data_files[split]}" if data_files else f"data.path={path} ({split} split)"
+            raise DataError(f"{source} is not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at offset "
+                            f"{err.start} of a value): save it as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
     return splits
+
+
+def _load_hub(load_dataset, path: str, revision: str | None):
+    """A Hub dataset (or a local dataset folder), or one line that says why it cannot be had."""
+    from huggingface_hub import constants
+
+    try:
+        return load_dataset(path, revision=revision)
+    except Exception as err:  # ConnectionError offline, DatasetNotFoundError, FileNotFoundError, ...
+        reason = (str(err).strip().splitlines() or [""])[0][:160]
+        fix = ("unset HF_HUB_OFFLINE to download it, or point data.path at local files (data=local)"
+               if constants.HF_HUB_OFFLINE else "check the dataset id and the network, or use local files (data=local)")
+        raise DataError(f"data.path={path}{'@' + revision if revision else ''} cannot be loaded ({type(err).__name__}"
+                        f"{': ' + reason if reason else ''}): {fix}") from None
 
 
 def _load_files(load_dataset, path: str, split: str, files: str | list[str]):
@@ -93,6 +113,9 @@ def _load_files(load_dataset, path: str, split: str, files: str | list[str]):
     for file in [files] if isinstance(files, str) else list(files):
         if "://" in file or any(ch in file for ch in "*?["):
             continue  # a URL or a glob: the library resolves it
+        if Path(file).is_dir():
+            raise DataError(f"data.data_files.{split}={file} is a directory: name a file in it, or its files as a glob "
+                            f"(data.data_files.{split}='{file.rstrip('/')}/*.jsonl')")
         if not Path(file).is_file():
             raise DataError(f"data.data_files.{split}={file}: no such file: check the path")
         if Path(file).stat().st_size == 0:

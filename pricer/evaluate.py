@@ -131,14 +131,25 @@ def _saved_config(source: str, revision: str | None):
     if Path(source).is_dir():
         found = [Path(source) / name for name in CONFIG_FILES if (Path(source) / name).exists()]
         return OmegaConf.load(found[0]) if found else None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RevisionNotFoundError
 
     for name in CONFIG_FILES:
         try:
             return OmegaConf.load(hf_hub_download(source, name, revision=revision))
+        except LocalEntryNotFoundError:  # offline, or the Hub unreachable, and not in the cache: before EntryNotFoundError,
+            # its base class, which would compose conf/train.yaml and fail later in a dataset download
+            why = "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else "the Hub cannot be reached"
+            _refuse(f"{source}: {why} and its {name} is not in the local cache: "
+                    f"{'unset HF_HUB_OFFLINE' if constants.HF_HUB_OFFLINE else 'check the network'}, or pass a local run dir")
+        except RevisionNotFoundError:
+            _refuse(f"{source} has no revision {revision}: pass a commit, branch or tag of that repo")
         except EntryNotFoundError:
             continue
+        except HfHubHTTPError as err:  # 401/404: no such repo, or no access to it
+            status = getattr(err.response, "status_code", None)
+            _refuse(f"{source}: the Hub answered {status or type(err).__name__}: check the repo id, or set HF_TOKEN "
+                    "to a token that can read it")
     return None
 
 
@@ -206,6 +217,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     _check_evaluation_keys(args.overrides)
     if args.source is not None:
         _check_source(args.source, args.adapter)
+        if args.revision is not None and Path(args.source).is_dir():  # it would label the output and change nothing
+            _refuse(f"--revision {args.revision} names a Hub commit, and {args.source} is a local run dir: drop --revision, "
+                    "or pass the run's Hub repo id")
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        _refuse(f"--out {args.out} is a file: name a folder for metrics.json and the chart (it is made if missing)")
     return args
 
 
@@ -225,6 +241,19 @@ def _check_evaluation_keys(overrides: list[str]) -> None:
         _check_known("evaluation", given, set(schema_fields(Evaluation)))
     except ConfigError as err:
         _refuse(str(err))
+
+
+def _check_evaluation_values(evaluation: dict[str, Any]) -> None:
+    """The evaluation group's values against their schema types (a saved run config takes `top_k=abc` as text,
+    which would fail after the model load)."""
+    from pricer.config import ConfigError, Evaluation, _check_value, schema_fields
+
+    for key, annotation in schema_fields(Evaluation).items():
+        if key in evaluation:
+            try:
+                _check_value(f"evaluation.{key}", evaluation[key], annotation)
+            except ConfigError as err:
+                _refuse(str(err))
 
 
 def _looks_local(source: str) -> bool:
@@ -258,6 +287,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except HydraException as err:  # an override conf/train.yaml cannot take, e.g. model=nope
         _refuse(str(err).strip().splitlines()[0])
     saved = config["evaluation"]
+    _check_evaluation_values(saved)
     items = args.items or saved["test_items"]
     top_k = args.top_k or saved["top_k"]
     batch_tokens = args.batch_tokens or saved["batch_tokens"]
@@ -265,10 +295,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     name += ("-base" if args.adapter == "none" else "") + (f"@{args.revision}" if args.revision else "")
     out = Path(args.out or Path("outputs") / "eval" / name)
 
-    from pricer.data import load_slices
+    from pricer.data import DataError, load_slices
 
     data = config["data"]  # before the model: a data problem shows in seconds, not after an 8B load
-    slices = load_slices(data["path"], data["data_files"], data["revision"], data["max_train_samples"], items, None)
+    try:
+        slices = load_slices(data["path"], data["data_files"], data["revision"], data["max_train_samples"], items, None)
+    except DataError as err:  # e.g. the run's data file moved since it trained
+        _refuse(f"{err} (data.data_files.SPLIT=PATH or data.path=... on this command line points it elsewhere)")
     prompts, prices, train_prices = slices.test.prompts, slices.test.prices, slices.train_prices
     adapter = None if args.adapter == "none" else args.source
     if adapter and (Path(adapter) / "adapter" / "adapter_config.json").exists():

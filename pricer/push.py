@@ -176,6 +176,13 @@ def _bad_args(run_dir: Path, attempts: int | None, wait_s: float | None) -> str 
         return f"{run_dir}: no such run dir: pass a run's folder, e.g. outputs/runs/2024-09-13_13.04.39"
     if not (run_dir / RUN_FILE).is_file():
         return f"{run_dir} is not a pricer run dir (no {RUN_FILE}): pass a run's folder, e.g. outputs/runs/2024-09-13_13.04.39"
+    try:
+        meta = read_run(run_dir)
+    except (OSError, ValueError) as err:
+        return (f"{run_dir / RUN_FILE} is not valid JSON ({type(err).__name__}: {str(err).splitlines()[0][:120]}): restore it "
+                "(it names the run's Hub repo) or push its adapter/ folder with `hf upload`")
+    if not isinstance(meta, dict):
+        return f"{run_dir / RUN_FILE} holds {type(meta).__name__}, not the run's record: restore it"
     if attempts is not None and attempts < 1:
         return f"--attempts {attempts} must be at least 1 (1 = no retry): e.g. --attempts 5"
     if wait_s is not None and not wait_s >= 0:  # NaN too

@@ -1,0 +1,171 @@
+"""Bad input, third round (issue 28): each case runs the real command and expects one `error:` line
+naming the problem and the fix, exit 2, before any model load, and nothing written.
+
+The commands run in this process (conftest.run_cli_in_process) where they are refused before
+loading anything; what needs a fresh process or trains runs as a subprocess and is marked slow.
+"""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, compose_train, run_cli_in_process
+from omegaconf import OmegaConf
+
+from pricer import PACKAGE_DIR
+
+DEMO = ["experiment=demo"]
+SAMPLE_TRAIN = PACKAGE_DIR / "sample_data" / "train.jsonl"
+SAMPLE_TEST = PACKAGE_DIR / "sample_data" / "test.jsonl"
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_error_line(proc: subprocess.CompletedProcess, message: str, code: int = 2) -> str:
+    """Exit `code`, no traceback, exactly one `error:` line on stderr, holding `message`; that line."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    assert message in errors[0], errors[0]
+    return errors[0]
+
+
+def saved_run(folder: Path, overrides: list[str], run_json: dict | None = None) -> Path:
+    """A run dir as pricer.train leaves it, without training: Hydra's config copy, run.json and an adapter
+    config (a refusal must come before anything reads the adapter's weights, which are absent)."""
+    cfg, _ = compose_train([*DEMO, f"output_root={folder}", *overrides])
+    (folder / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
+    (folder / "adapter").mkdir()
+    (folder / "adapter" / "adapter_config.json").write_text("{}")
+    (folder / "run.json").write_text(json.dumps(run_json or {"run_name": folder.name, "status": "finished"}))
+    return folder
+
+
+def evaluate_in_process(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    return run_cli_in_process(args, monkeypatch, capsys, module="pricer.evaluate")
+
+
+# -- item 4: one line instead of a traceback, before the model loads ---------------------------------------------
+
+
+def test_a_train_file_that_is_not_utf8_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """pyarrow reads the bytes of a Latin-1 file through; reading the rows raised UnicodeDecodeError (a traceback)."""
+    bad = tmp_path / "train.jsonl"
+    rows = [{"text": f"Caf\u00e9 item {i}\n\nPrice is $1.00", "price": 1.0} for i in range(5)]
+    bad.write_bytes(b"".join(json.dumps(r, ensure_ascii=False).encode("latin-1") + b"\n" for r in rows))
+    out = run_cli_in_process([*DEMO, f"data.data_files.train={bad}", f"output_root={tmp_path / 'out'}"], monkeypatch, capsys)
+    one_error_line(out, f"data.data_files.train={bad} is not UTF-8 text")
+    assert "iconv" in out.stderr
+    assert not (tmp_path / "out" / "runs").exists() or not any((tmp_path / "out" / "runs").iterdir())
+
+
+def test_a_data_file_that_is_a_directory_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    """It said "no such file" of a folder that exists."""
+    out = run_cli_in_process([*DEMO, f"data.data_files.train={tmp_path}", f"output_root={tmp_path / 'out'}"],
+                             monkeypatch, capsys)
+    line = one_error_line(out, f"data.data_files.train={tmp_path} is a directory")
+    assert "no such file" not in line and "*.jsonl" in line
+
+
+def test_evaluate_a_run_whose_data_file_moved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture) -> None:
+    """The saved config names a file that is gone: DataError escaped as a traceback."""
+    gone = tmp_path / "moved" / "train.jsonl"
+    run = saved_run(tmp_path / "run", ["data=local", f"data.data_files.train={gone}", f"data.data_files.test={SAMPLE_TEST}"])
+    before = files_under(tmp_path)
+    out = evaluate_in_process([str(run), "--out", str(tmp_path / "eval")], monkeypatch, capsys)
+    line = one_error_line(out, f"data.data_files.train={gone}: no such file")
+    assert "data.data_files.SPLIT=PATH" in line
+    assert files_under(tmp_path) == before
+
+
+def test_evaluate_a_hub_repo_while_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture) -> None:
+    """HF_HUB_OFFLINE=1 (conftest sets it): the repo's config was taken as missing, conf/train.yaml composed
+    instead, and the default dataset's download failed with a ConnectionError traceback."""
+    monkeypatch.chdir(tmp_path)
+    out = evaluate_in_process(["someone/pricer-2024"], monkeypatch, capsys)
+    one_error_line(out, "someone/pricer-2024: HF_HUB_OFFLINE=1 is set")
+    assert "unset HF_HUB_OFFLINE" in out.stderr
+
+
+def test_train_on_a_hub_dataset_while_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture) -> None:
+    """The same for training: the dataset download's ConnectionError becomes one line naming HF_HUB_OFFLINE."""
+    out = run_cli_in_process([*DEMO, "data=pricer", f"output_root={tmp_path}"], monkeypatch, capsys)
+    one_error_line(out, "data.path=ed-donner/pricer-data cannot be loaded")
+    assert "unset HF_HUB_OFFLINE" in out.stderr
+
+
+def test_evaluate_out_naming_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """It was refused only after the model load and the scoring (mkdir on a file)."""
+    taken = tmp_path / "report.txt"
+    taken.write_text("keep me\n")
+    run = saved_run(tmp_path / "run", [])
+    out = evaluate_in_process([str(run), "--out", str(taken)], monkeypatch, capsys)
+    one_error_line(out, f"--out {taken} is a file")
+    assert taken.read_text() == "keep me\n"
+
+
+def test_compare_out_naming_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """It printed the whole table, then failed on the plots with a traceback."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}", study_name="s")
+    study.add_trial(optuna.trial.create_trial(params={"x": 1.0}, distributions={"x": optuna.distributions.FloatDistribution(0, 2)},
+                                              value=1.0))
+    taken = tmp_path / "plots.png"
+    taken.write_text("keep me\n")
+    out = run_cli_in_process([str(tmp_path), "--out", str(taken)], monkeypatch, capsys, module="pricer.compare")
+    one_error_line(out, f"--out {taken} is a file")
+    assert out.stdout == ""  # no table first
+    assert taken.read_text() == "keep me\n"
+
+
+def test_evaluate_top_k_that_is_no_number(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture) -> None:
+    """A saved run config took `evaluation.top_k=abc` as text: a TypeError after the model load."""
+    run = saved_run(tmp_path / "run", [])
+    out = evaluate_in_process([str(run), "evaluation.top_k=abc", "--out", str(tmp_path / "eval")], monkeypatch, capsys)
+    one_error_line(out, "evaluation.top_k='abc' must be int")
+    assert not (tmp_path / "eval").exists()
+
+
+def test_evaluate_revision_of_a_run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """--revision was ignored for a local run dir, but the output was labelled with it."""
+    run = saved_run(tmp_path / "run", [])
+    monkeypatch.chdir(tmp_path)
+    out = evaluate_in_process([str(run), "--revision", "abc123"], monkeypatch, capsys)
+    one_error_line(out, "--revision abc123 names a Hub commit")
+    assert not (ROOT / "outputs" / "eval" / "run@abc123").exists()
+
+
+def test_push_of_a_run_json_that_is_not_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture) -> None:
+    """json.JSONDecodeError escaped as a traceback."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text('{"repo_id": "me/pricer-x", "status": ')
+    before = files_under(tmp_path)
+    out = run_cli_in_process([str(run)], monkeypatch, capsys, module="pricer.push")
+    one_error_line(out, f"{run / 'run.json'} is not valid JSON")
+    assert files_under(tmp_path) == before
+
+
+def test_resume_of_a_run_json_without_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture) -> None:
+    """run.json `{}`: KeyError 'run_name' as a traceback, after run.json was rewritten to `running, resumed 1`."""
+    run = tmp_path / "runs" / "old"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    out = run_cli_in_process([*DEMO, f"resume={run}", f"output_root={tmp_path}"], monkeypatch, capsys)
+    one_error_line(out, f"resume={run}")
+    assert (run / "run.json").read_text() == "{}"
