@@ -1,7 +1,10 @@
 """One run on several ranks: what `torchrun` / `accelerate launch` set up, and the few collectives pricer needs.
 
 The launcher starts N copies of `python -m pricer.train ...` and sets RANK, WORLD_SIZE,
-LOCAL_RANK and MASTER_ADDR/PORT; pricer never launches anything itself. Rank 0 makes every
+LOCAL_RANK and MASTER_ADDR/PORT; pricer never launches anything itself. A SLURM job of several
+tasks started by submitit (a sweep's trial under hydra-submitit-launcher with tasks_per_node=k)
+has SLURM's variables instead: submitit's own TorchDistributedEnvironment turns them into the
+same four (`_from_submitit`). Rank 0 makes every
 decision that must be made once (the run's dir and names, the test-set scores, pushes,
 run.json) and the other ranks receive it, so N processes are still one run. Without
 WORLD_SIZE (a plain `python -m pricer.train`) every function here is a no-op on one rank.
@@ -21,16 +24,35 @@ TIMEOUT = timedelta(hours=2)
 
 
 def rank() -> int:
-    return int(os.environ.get("RANK", 0))
+    return int(_from_submitit().get("RANK", 0))
 
 
 def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", 1))
+    return int(_from_submitit().get("WORLD_SIZE", 1))
 
 
 def local_rank() -> int:
     """The device index of this process on its host (torchrun sets LOCAL_RANK per worker)."""
-    return int(os.environ.get("LOCAL_RANK", 0))
+    return int(_from_submitit().get("LOCAL_RANK", 0))
+
+
+def _from_submitit() -> "os._Environ[str]":
+    """os.environ, with RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR/PORT exported first in one task of a
+    submitit job of several (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, the job's first node; the port
+    from the job id, so a requeued job meets on the same one). CUDA_VISIBLE_DEVICES is left whole: each
+    rank takes GPU LOCAL_RANK of its node, as under torchrun. A variable the user set stays."""
+    if "WORLD_SIZE" in os.environ or not os.environ.get("SUBMITIT_EXECUTOR"):
+        return os.environ
+    from submitit import JobEnvironment
+    from submitit.helpers import TorchDistributedEnvironment
+
+    if JobEnvironment().num_tasks > 1:
+        env = TorchDistributedEnvironment()
+        for key, value in (("MASTER_ADDR", env.master_addr), ("MASTER_PORT", env.master_port), ("RANK", env.rank),
+                           ("WORLD_SIZE", env.world_size), ("LOCAL_RANK", env.local_rank),
+                           ("LOCAL_WORLD_SIZE", env.local_world_size)):
+            os.environ.setdefault(key, str(value))
+    return os.environ
 
 
 def is_main() -> bool:
@@ -56,15 +78,16 @@ def init() -> None:
         dist.init_process_group("gloo", timeout=TIMEOUT)
 
 
-def broadcast_object(obj: T) -> T:
-    """Rank 0's `obj` on every rank (any picklable object; other ranks' `obj` is ignored)."""
+def broadcast_object(obj: T, group: object = None) -> T:
+    """Rank 0's `obj` on every rank (any picklable object; other ranks' `obj` is ignored), over the run's
+    group or `group` (a sweep worker's hand-out of trials)."""
     if world_size() == 1:
         return obj
     import torch.distributed as dist
 
     init()
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=group)
     return box[0]
 
 

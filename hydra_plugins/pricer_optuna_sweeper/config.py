@@ -123,6 +123,7 @@ class PricerOptunaSweeperConf:
     pruner: Any = MISSING  # hydra/sweeper/pruner=median|hyperband|successive_halving|none
     metric: str | None = None  # reported at each eval for pruning; null: the config's optimized_metric
     devices: list[str] | None = None  # GPUs the workers are pinned to; null: all visible ones
+    gpus_per_trial: int = 1  # ranks of each trial: > 1 runs each worker under torchrun (gloo on CPU); SLURM: tasks_per_node
     heartbeat_interval: int = 60  # s; a RUNNING trial silent for 2 intervals is re-queued
     grace_period: int | None = None  # s; null: 2 x heartbeat_interval
 

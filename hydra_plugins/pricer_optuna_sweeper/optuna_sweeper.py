@@ -35,7 +35,8 @@ class PricerOptunaSweeper(Sweeper):
     def __init__(self, sampler: DictConfig, pruner: DictConfig, direction: Any, storage: str | None,
                  study_name: str | None, n_trials: int, n_jobs: int, max_failure_rate: float,
                  params: DictConfig | None, custom_search_space: str | None, metric: str | None,
-                 devices: list[str] | None, heartbeat_interval: int, grace_period: int | None) -> None:
+                 devices: list[str] | None, heartbeat_interval: int, grace_period: int | None,
+                 gpus_per_trial: int = 1) -> None:
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
         self.directions = [str(d) for d in direction] if OmegaConf.is_list(direction) else [str(direction)]
         self.storage, self.study_name = storage, study_name
@@ -44,6 +45,7 @@ class PricerOptunaSweeper(Sweeper):
         self.custom_search_space = get_method(custom_search_space) if custom_search_space else None
         self.metric, self.devices = metric, devices
         self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
+        self.gpus_per_trial = gpus_per_trial
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
@@ -79,7 +81,12 @@ class PricerOptunaSweeper(Sweeper):
                 _study.check_storage(self.storage)
             if self.checks_pricer_configs:
                 self._check_job_configs(space, fixed)
+                self._check_shared_gpus(space, fixed)
         url, name = self._study_address(sweep_dir, is_worker)
+        if is_worker and _distributed_rank() > 0:  # a k-rank worker's other ranks: run the jobs rank 0 hands out
+            with env_override(self._job_env(url, name)), _signals.SweepStop(True) as stop:
+                _workers.follow(lambda overrides, number: self.launcher.launch([overrides], initial_job_idx=number), stop)
+            return
         if self.storage is None:  # only now, so that a refused sweep leaves nothing behind
             sweep_dir.mkdir(parents=True, exist_ok=True)  # the default optuna.db lives in it
         study, n_trials = self._open_study(url, name, space)
@@ -127,7 +134,8 @@ class PricerOptunaSweeper(Sweeper):
         """Budget, workers, failure rate and directions that cannot work: one line, before any study or dir."""
         from . import _space
 
-        for key, value, example in (("n_trials", self.n_trials, 20), ("n_jobs", self.n_jobs, 1)):
+        for key, value, example in (("n_trials", self.n_trials, 20), ("n_jobs", self.n_jobs, 1),
+                                    ("gpus_per_trial", self.gpus_per_trial, 1)):
             if value < 1:
                 raise _space.SweepConfigError(f"hydra.sweeper.{key}={value} must be at least 1: "
                                               f"e.g. hydra.sweeper.{key}={example}")
@@ -182,6 +190,67 @@ class PricerOptunaSweeper(Sweeper):
             raise _space.SweepConfigError(f"{where}{str(err).strip().splitlines()[0]}") from None
         return cfg
 
+    def _needs_workers(self) -> bool:
+        """Worker processes: n_jobs > 1 or k ranks per trial with jobs in this process (Hydra's basic launcher)."""
+        from . import _workers
+
+        return (_runs_in_process(self.launcher) and (self.n_jobs > 1 or self.gpus_per_trial > 1)
+                and _workers.WORKER_ENV not in os.environ)
+
+    def _devices(self) -> list[str]:
+        from . import _workers
+
+        if not hasattr(self, "_device_list"):
+            self._device_list = list(map(str, self.devices)) if self.devices else _workers.detect_devices()
+        return self._device_list
+
+    def _check_shared_gpus(self, space: dict, fixed: dict[str, str]) -> None:
+        """Ranks that would share a GPU, refused before any trial where they cannot fit: one line, exit 2.
+
+        A preset's fixed batch is sized for a whole card (hardware=h100: 80 rows fill 80 GB), so two
+        workers on one card ran out of memory mid-trial. batch=auto is let through: each worker then
+        fills its share (_memory_shares). Two ranks of one trial on one card are refused always (DDP
+        needs a GPU per rank)."""
+        from . import _space, _workers
+
+        if not self._needs_workers():
+            return
+        devices, k = self._devices(), self.gpus_per_trial
+        assigned = _workers.worker_devices(self.n_jobs, devices, k)
+        shared = _workers.shared_devices(assigned)
+        if not shared:
+            return
+        setting = f"hydra.sweeper.n_jobs={self.n_jobs} on hydra.sweeper.devices=[{','.join(devices)}]" + (
+            f" with gpus_per_trial={k}" if k > 1 else "")
+        if any(len(set(worker)) < k for worker in assigned):
+            raise _space.SweepConfigError(f"{setting}: a trial's {k} ranks need {k} different GPUs: list n_jobs x "
+                                          f"gpus_per_trial = {self.n_jobs * k} GPUs in hydra.sweeper.devices, or lower gpus_per_trial")
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, [f"{key}={v}" for key, v in fixed.items()])
+        hardware, preset = cfg.hardware, cfg.hydra.runtime.choices.get("hardware")
+        if hardware.accelerator != "cuda":
+            return  # a CPU preset uses no GPU
+        swept = [key for key in space if key in ("hardware", "hardware.per_device_train_batch_size", "hardware.memory_gib")]
+        if hardware.per_device_train_batch_size == "auto" and not swept:
+            self._auto_batch_memory = float(hardware.memory_gib)
+            return
+        device, count = next(iter(shared.items()))
+        batch = "swept" if swept else hardware.per_device_train_batch_size
+        raise _space.SweepConfigError(
+            f"{setting}: {count} workers share GPU {device}, but hardware.per_device_train_batch_size={batch} "
+            f"(hardware={preset}) is a fixed batch, sized for a whole card: pass hardware.per_device_train_batch_size=auto "
+            f"(each worker fills its share of the card) or one GPU per worker (hydra.sweeper.devices)")
+
+    def _memory_shares(self) -> list[list[str]] | None:
+        """batch=auto on a card that m workers share: each fills hardware.memory_gib / m, not the whole card."""
+        from . import _workers
+
+        memory = getattr(self, "_auto_batch_memory", None)
+        if memory is None:
+            return None
+        assigned = _workers.worker_devices(self.n_jobs, self._devices(), self.gpus_per_trial)
+        shared = _workers.shared_devices(assigned)
+        return [[f"hardware.memory_gib={memory / max(shared.get(d, 1) for d in worker):g}"] for worker in assigned]
+
     def _check_direction(self, metric: str | None) -> None:
         """A study that minimises a hit rate would look for the worst runs: refuse it before any trial."""
         from pricer.config import HIGHER_IS_BETTER, OBJECTIVES
@@ -222,11 +291,11 @@ class PricerOptunaSweeper(Sweeper):
         """Run the trial loop here, in n_jobs threads, or in n_jobs worker processes (their exit codes)."""
         from . import _space, _study, _workers
 
-        if self.n_jobs > 1 and _runs_in_process(self.launcher):
+        if self._needs_workers():
             # the workers handle signals: run_workers forwards them (until then stop's handler only records one)
-            devices = list(map(str, self.devices)) if self.devices else _workers.detect_devices()
             overrides = ["hydra.sweeper.n_jobs=1", f"hydra.sweep.dir={_space.quote(str(sweep_dir))}"]
-            return _workers.run_workers(self.n_jobs, devices, overrides, stop)
+            return _workers.run_workers(self.n_jobs, self._devices(), overrides, stop, self.gpus_per_trial,
+                                        self._memory_shares())
 
         def loop() -> None:
             _study.run_trials(study, lambda trial: self._suggest(trial, space, fixed),
@@ -235,6 +304,13 @@ class PricerOptunaSweeper(Sweeper):
                               grace_s=self.grace_period or 2 * self.heartbeat_interval,  # Optuna's default grace
                               stop=stop)
 
+        if _workers.WORKER_ENV in os.environ and self.gpus_per_trial > 1:  # rank 0 of a worker of k ranks
+            _workers.hand_out_group()  # made with the other ranks now: they wait in it for the jobs handed out
+            try:
+                loop()
+            finally:
+                _workers.hand_out(None)
+            return []
         if self.n_jobs == 1:
             loop()
             return []
@@ -300,7 +376,7 @@ class PricerOptunaSweeper(Sweeper):
         """
         from pricer.trial import ENV_TRIAL, RUN_DIR
 
-        from . import _space
+        from . import _space, _workers
 
         overrides = [f"{k}={_space.override_value(v)}" for k, v in trial.params.items()]
         overrides += [f"{k}={v}" for k, v in fixed.items()]
@@ -309,6 +385,8 @@ class PricerOptunaSweeper(Sweeper):
             log.info("trial %d resumes %s", trial.number, run_dir)
             overrides.append(f"resume={_space.quote(run_dir)}")
         overrides.append(f"++hydra.job.env_set.{ENV_TRIAL}={trial.number}")  # per job, so via its config
+        if self.gpus_per_trial > 1 and _runs_in_process(self.launcher):
+            _workers.hand_out(overrides, trial.number)  # the worker's other ranks run the same job with rank 0
         return self.launcher.launch([overrides], initial_job_idx=trial.number)[0]
 
     def _write_results(self, sweep_dir: Path, results: dict) -> None:
@@ -325,6 +403,13 @@ def _resumable(run_dir: str | None) -> str | None:
     if not run_dir or not (Path(run_dir) / RUN_FILE).exists():
         return None
     return None if read_run(Path(run_dir)).get("status") in ENDED else run_dir
+
+
+def _distributed_rank() -> int:
+    """This process's rank: > 0 in a worker of k ranks (torchrun) that is not rank 0."""
+    from pricer.distributed import rank
+
+    return rank()
 
 
 def _quiet_optuna() -> None:

@@ -1,0 +1,91 @@
+"""k GPUs per trial (`hydra.sweeper.gpus_per_trial=k`): each trial is one run of k ranks, its worker started
+under torchrun (gloo ranks on this CPU-only machine); and ranks that would share a GPU where a fixed batch
+cannot fit are refused before any trial, in one line."""
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import run_cli, run_cli_in_process
+from optuna.trial import TrialState
+
+# Two short trials: the point is how the ranks share each trial, not what it learns. A validation score
+# every 2 steps, so each trial reports twice to the study.
+TWO_RANK_SWEEP = [
+    "experiment=demo",
+    "sweep=tpe",
+    "hydra.sweeper.n_trials=2",
+    "hydra.sweeper.gpus_per_trial=2",
+    "training.max_steps=4",
+    "training.logging_steps=2",
+    "evaluation.eval_steps=2",
+    "evaluation.val_items=20",
+    "evaluation.test_items=10",
+]
+
+
+@pytest.mark.slow  # a sweep: a worker of 2 torchrun ranks trains 2 trials
+def test_two_gpus_per_trial_run_every_trial_as_one_run_of_two_ranks(tmp_path: Path, tiny_model_dir) -> None:
+    out = run_cli([*TWO_RANK_SWEEP, f"output_root={tmp_path}"], timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "x 2 ranks (torchrun)" in out.stdout
+
+    sweep_dir = tmp_path / "sweeps" / "tpe"
+    trials = optuna.load_study(study_name="tpe", storage=f"sqlite:///{sweep_dir / 'optuna.db'}").get_trials()
+    assert [(t.number, t.state) for t in trials] == [(0, TrialState.COMPLETE), (1, TrialState.COMPLETE)]
+    assert len({t.user_attrs["worker"] for t in trials}) == 1, "rank 0 of the one worker claimed both"
+
+    # One run per trial: its job dir, rank 1's Hydra files and log inside it; one name, one run.json each.
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
+    assert len(list(tmp_path.rglob("run.json"))) == 2
+    assert len(list((tmp_path / ".run_names").iterdir())) == 2
+    assert not (tmp_path / "runs").exists()
+    for trial in trials:
+        run_dir = sweep_dir / str(trial.number)
+        assert trial.user_attrs["run_dir"] == str(run_dir)
+        assert sorted(p.name for p in run_dir.iterdir() if p.is_dir()) == [".hydra", "adapter", "checkpoints", "rank1"]
+        meta = json.loads((run_dir / "run.json").read_text())
+        assert meta["status"] == "finished"
+        for log in (run_dir / "train.log", run_dir / "rank1" / "train.log"):
+            text = log.read_text()
+            assert "effective batch 16 = 8 per device x 1 accumulation x 2 devices" in text, log
+            assert f"run {meta['project_run_name']} -> {run_dir} " in text, log
+        assert "test     Error=" not in (run_dir / "rank1" / "train.log").read_text()  # rank 0 scores the test set
+
+        # One report stream: a value at each validation score (steps 2 and 4), the one rank 0 logged; the
+        # objective is the run's own validation score.
+        history = json.loads((run_dir / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+        logged = {entry["step"]: entry["eval_price_error"] for entry in history if "eval_price_error" in entry}
+        assert sorted(logged) == [2, 4]
+        assert trial.intermediate_values == {step: pytest.approx(value) for step, value in logged.items()}
+        scores = json.loads((run_dir / "adapter" / "metrics.json").read_text())
+        assert trial.value == pytest.approx(scores["val/price_error"])
+
+
+SHARED_GPUS = [  # python -m pricer.train sweep=tpe output_root={tmp} ...: refused before any trial, on CPU
+    (["hydra.sweeper.n_jobs=2", "hydra.sweeper.devices=[0,0]", "hardware=h100"],
+     "hydra.sweeper.n_jobs=2 on hydra.sweeper.devices=[0,0]: 2 workers share GPU 0, but "
+     "hardware.per_device_train_batch_size=80 (hardware=h100) is a fixed batch, sized for a whole card: "
+     "pass hardware.per_device_train_batch_size=auto"),
+    (["hydra.sweeper.n_jobs=3", "hydra.sweeper.devices=[0,1]", "hardware=a100"],
+     "2 workers share GPU 0, but hardware.per_device_train_batch_size=36 (hardware=a100)"),
+    (["hydra.sweeper.n_jobs=2", "hydra.sweeper.devices=[0,0]", "hardware=h100",
+      "hardware.per_device_train_batch_size=choice(auto,64)"],
+     "hardware.per_device_train_batch_size=swept (hardware=h100) is a fixed batch"),
+    (["hydra.sweeper.gpus_per_trial=2", "hydra.sweeper.devices=[0]", "hardware=h100",
+      "hardware.per_device_train_batch_size=auto"],
+     "a trial's 2 ranks need 2 different GPUs: list n_jobs x gpus_per_trial = 2 GPUs in hydra.sweeper.devices"),
+    (["hydra.sweeper.gpus_per_trial=0"], "hydra.sweeper.gpus_per_trial=0 must be at least 1"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), SHARED_GPUS)
+def test_ranks_sharing_a_gpu_with_a_fixed_batch_are_refused_in_one_line(args: list[str], message: str, tmp_path: Path,
+                                                                         monkeypatch, capsys) -> None:
+    """Two workers on one H100 with hardware=h100's batch 80 ran out of memory mid-sweep, four tracebacks."""
+    out = run_cli_in_process(["sweep=tpe", f"output_root={tmp_path}", *args], monkeypatch, capsys)
+    assert out.returncode == 2, out.stderr[-3000:]
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], out.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []  # no sweep dir, no study
