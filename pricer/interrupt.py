@@ -4,12 +4,37 @@ The signal only raises a flag; the Trainer itself saves a checkpoint at the end 
 the current step and leaves its loop, so the checkpoint is a normal, resumable one
 and the W&B run and pending pushes are closed by the usual path. A second signal
 falls back to the default handler: the user can always force an exit.
+
+In a SLURM job of submitit (hydra-submitit-launcher) there is a third signal: the one
+submitit asks SLURM to send `signal_delay_s` before the time limit (SIGUSR2 unless
+SUBMITIT_PREEMPT_SIGNAL names another). submitit's own handler would requeue the job at
+once, mid-step, with nothing saved; pricer takes that signal like SIGTERM, saves, and
+only then hands the job to submitit (SubmititRequeue, a Hydra callback of sweep=slurm).
 """
 
+import os
 import signal
 import threading
+from typing import Any
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+from hydra.experimental.callback import Callback
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)  # what a sweep process forwards to its workers
+SUBMITIT_SLURM = "slurm"  # SUBMITIT_EXECUTOR in a job submitit started through sbatch
+
+
+def submitit_signal() -> int | None:
+    """The signal submitit's SLURM jobs get before their time limit (and on preemption where the
+    cluster sends the user signal), or None outside such a job."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != SUBMITIT_SLURM:
+        return None
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+
+
+def job_signals() -> tuple[int, ...]:
+    """The signals after which a job saves and stops: SIGTERM, SIGINT and, in a submitit SLURM job, submitit's."""
+    extra = submitit_signal()
+    return SIGNALS if extra is None or extra in SIGNALS else (*SIGNALS, extra)
 
 
 class Interrupted(Exception):
@@ -36,7 +61,7 @@ class RaiseOnSignal:
 
     def __enter__(self) -> "RaiseOnSignal":
         if threading.current_thread() is threading.main_thread():
-            for sig in SIGNALS:
+            for sig in job_signals():
                 self.previous[sig] = signal.signal(sig, self._raise)
         return self
 
@@ -59,7 +84,7 @@ class SignalStop:
 
     def install(self) -> "SignalStop":
         if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
-            for sig in SIGNALS:
+            for sig in job_signals():
                 self.previous[sig] = signal.signal(sig, self._on_signal)
         return self
 
@@ -80,3 +105,39 @@ class SignalStop:
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+class SubmititRequeue(Callback):
+    """Hydra callback (sweep=slurm): how a submitit SLURM job ends after pricer saved on a signal.
+
+    pricer.train raises Interrupted once the checkpoint is saved; Hydra would hand that to
+    submitit as the job's result, and the sweep would read the trial as stopped. Instead:
+    - submitit's signal (time limit, or preemption where SLURM sends it): submitit's own
+      handler now runs, late but as designed: it pickles the same job again (hydra-submitit-
+      launcher's checkpoint(): the same overrides) and runs `scontrol requeue`, within
+      max_num_timeout; past it, the trial fails with that reason;
+    - SIGTERM (`scontrol requeue`, preemption, scancel): the job exits without a result,
+      and SLURM's state decides: requeued, it runs again; cancelled, the sweep fails the trial.
+    A requeued job gets the same trial number and resumes the trial's run (pricer.trial.resumable_run_dir).
+    """
+
+    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
+        error = getattr(job_return, "_return_value", None)
+        if not isinstance(error, Interrupted) or os.environ.get("SUBMITIT_EXECUTOR") != SUBMITIT_SLURM:
+            return
+        import logging
+        import sys
+
+        log = logging.getLogger("pricer")
+        handler = signal.getsignal(error.signum)
+        if error.signum == submitit_signal() and callable(handler):
+            from submitit.core.utils import UncompletedJobError
+
+            log.info("SLURM job: %s saved; submitit requeues it", signal.Signals(error.signum).name)
+            try:
+                handler(error.signum, None)  # requeues and exits; raises where it may not requeue
+            except UncompletedJobError as err:
+                job_return.return_value = RuntimeError(f"SLURM time limit: {err} (hydra.launcher.max_num_timeout)")
+                return
+        log.info("SLURM job: %s saved; exiting for SLURM to requeue or end it", signal.Signals(error.signum).name)
+        sys.exit(128 + error.signum)

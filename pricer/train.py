@@ -50,7 +50,7 @@ def train(cfg: DictConfig) -> float:
     slices = load_slices(data["path"], data["data_files"], data["revision"], data["max_train_samples"],
                          evaluation["test_items"], evaluation["val_items"] if holds_out else None)  # before the claim:
     # a data problem leaves no run behind
-    claim = claim_run(Path(hydra_cfg.runtime.output_dir), run.project, run.output_root, run.resume,
+    claim = claim_run(Path(hydra_cfg.runtime.output_dir), run.project, run.output_root, run.resume or trial.resumable_run_dir(),
                       list(hydra_cfg.overrides.task), run.hub["push"], run.hub["hf_user"], run.hub["private"],
                       run.hub["push_attempts"], run.hub["push_wait_s"],
                       f"sweep-{Path(hydra_cfg.sweep.dir).name}" if multirun else None, run.lora)

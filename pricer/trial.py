@@ -26,6 +26,7 @@ PRUNER_ATTR = "pricer_pruner"  # study user attr: the pruner's {_target_: ..., k
 PRUNED_AT = "pruned_at_step"
 NAN_AT = "nan_at_step"
 RUN_DIR = "run_dir"  # the dir the trial's run trains in: an interrupted or re-queued trial resumes it
+SLURM_JOB = "slurm_job"  # {"id", "folder"}: the SLURM job (submitit) running the trial; a sweep run again waits for it
 
 
 def study_address(sweep_dir: Path, storage: str | None, study_name: str | None) -> tuple[str, str]:
@@ -112,8 +113,38 @@ def set_trial_attrs(**attrs: Any) -> None:
     trial = _trial(*_trial_env())
     if RUN_DIR not in trial.user_attrs and _job_run_dir() is not None:
         trial.set_user_attr(RUN_DIR, _job_run_dir())
+    job = slurm_job()
+    if job is not None and trial.user_attrs.get(SLURM_JOB) != job:
+        trial.set_user_attr(SLURM_JOB, job)
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
+
+
+def resumable_run_dir() -> str | None:
+    """The run dir this trial already trains in, when its job starts again; None for a fresh trial.
+
+    A SLURM job that is requeued (`scontrol requeue`, preemption, its time limit) runs again with
+    the same overrides, so nothing on its command line says which run to continue: the trial
+    does (RUN_DIR, recorded by its first attempt). pricer.train passes it to claim_run as
+    `resume=`, so the job continues that run (dir, run name, Hub repo, W&B run) from its last
+    complete checkpoint. A finished or pruned run is not continued (its trial is told already).
+    """
+    if _trial_env() is None:
+        return None
+    from pricer.resume import ENDED, RUN_FILE, read_run
+
+    run_dir = _trial(*_trial_env()).user_attrs.get(RUN_DIR)
+    if not run_dir or not (Path(run_dir) / RUN_FILE).exists() or read_run(Path(run_dir)).get("status") in ENDED:
+        return None
+    return run_dir
+
+
+def slurm_job() -> dict[str, str] | None:
+    """This job's SLURM id and submitit folder, as submitit names them, or None outside a submitit SLURM job."""
+    if "SLURM_JOB_ID" not in os.environ or "SUBMITIT_FOLDER" not in os.environ:
+        return None
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return {"id": f"{array}_{task}" if array and task else os.environ["SLURM_JOB_ID"], "folder": os.environ["SUBMITIT_FOLDER"]}
 
 
 def _job_run_dir() -> str | None:

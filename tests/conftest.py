@@ -6,8 +6,13 @@ and the Hub is a local HTTP stand-in (tests/hub_server.py).
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 # One OpenMP thread per process, set before torch is imported here or in any subprocess: the suite
@@ -18,6 +23,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
+from slurm_cluster import slurm_cluster  # noqa: F401  (fixture)
 
 from hub_server import hub_stand_in  # noqa: F401  (fixture)
 from pricer import PACKAGE_DIR
@@ -143,6 +149,51 @@ def run_cli_in_process(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys:
             code, message = 1, f"{exit_.code}\n"
     out = capsys.readouterr()
     return subprocess.CompletedProcess([module, *args], code, out.out, out.err + message)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL server of this test session's own (Debian's: `apt-get install -y postgresql`, done by
+    .ci/run): initdb in a temp dir, a free port, stopped at the end. Its own, not the machine's cluster,
+    so that pytest workers running at once never stop each other's server. Skipped, with the reason, only
+    where PostgreSQL is not installed. Returns host:port; the superuser `postgres` logs in without a password."""
+    initdb = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not initdb:
+        pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql)")
+    if os.geteuid() != 0:
+        pytest.skip("the test PostgreSQL server runs as user postgres: starting it needs root")
+    bindir, home = initdb[-1].parent, Path(tempfile.mkdtemp(prefix="pricer-pg-"))  # /tmp: user postgres reaches it
+    shutil.chown(home, "postgres", "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    as_postgres = ["runuser", "-u", "postgres", "--"]
+    try:
+        subprocess.run([*as_postgres, bindir / "initdb", "-D", home / "data", "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                       check=True, capture_output=True, timeout=120)
+        subprocess.run([*as_postgres, bindir / "pg_ctl", "-D", home / "data", "-l", home / "server.log", "-w", "start",
+                        "-o", f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off"],
+                       check=True, capture_output=True, timeout=120)
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_postgres, bindir / "pg_ctl", "-D", home / "data", "-m", "immediate", "stop"],
+                       capture_output=True, timeout=120)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> str:
+    """A fresh, empty database on the session's PostgreSQL server, as an Optuna storage URL."""
+    import psycopg2
+
+    name = f"pricer_{uuid.uuid4().hex[:8]}"
+    host, port = postgres_server.split(":")
+    conn = psycopg2.connect(host=host, port=port, user="postgres", dbname="postgres")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    conn.close()
+    return f"postgresql+psycopg2://postgres@{postgres_server}/{name}"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

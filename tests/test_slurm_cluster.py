@@ -1,0 +1,147 @@
+"""sweep=slurm on a real one-node SLURM cluster (tests/slurm_cluster.py): sbatch, requeue, time limits, scancel.
+
+Every trial is a real SLURM job, submitted by hydra-submitit-launcher through the real
+sbatch and watched with sacct; the study lives in a real PostgreSQL server (conftest's
+postgres_url). The trials are short runs of the tiny model (20 steps, a checkpoint every
+5). Skipped, with the reason, only where the SLURM packages are not installed.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # starts a cluster and runs sweeps of SLURM jobs
+
+STEPS, SAVE_EVERY = 20, 5
+
+
+def sweep_args(tmp_path: Path, url: str, *extra: str) -> list[str]:
+    return ["experiment=demo", "sweep=slurm", f"training.max_steps={STEPS}", f"training.save_steps={SAVE_EVERY}",
+            "training.logging_steps=5", "evaluation.val_items=20", "evaluation.test_items=20",
+            f"hydra.sweeper.storage={url}", "hydra.sweeper.study_name=slurm", "hydra.sweeper.heartbeat_interval=5",
+            "hydra.launcher.mem_gb=1", "hydra.launcher.cpus_per_task=1", "hydra.launcher.gpus_per_node=null",
+            "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"output_root={tmp_path}", *extra]
+
+
+def start_sweep(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`python -m pricer.train ... sweep=slurm` as a user on a login node runs it, in the background."""
+    return subprocess.Popen([sys.executable, "-m", "pricer.train", *args], cwd=ROOT, env={**os.environ, **(env or {})},
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen, log: Path, timeout: float = 400) -> str:
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return log.read_text()
+
+
+def wait_for(condition, what: str, timeout: float = 180, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    raise AssertionError(f"waited for {what}" + (f"\n{log.read_text()[-4000:]}" if log else ""))
+
+
+def study(url: str):
+    import optuna
+
+    return optuna.load_study(study_name="slurm", storage=url)
+
+
+def trial_attr(url: str, number: int, key: str):
+    try:
+        trials = [t for t in study(url).get_trials(deepcopy=False) if t.number == number]
+    except KeyError:  # no study yet
+        return None
+    return trials[0].user_attrs.get(key) if trials else None
+
+
+def checkpoints(run_dir: Path) -> list[int]:
+    return sorted(int(p.name.rsplit("-", 1)[1]) for p in (run_dir / "checkpoints").glob("checkpoint-*")
+                  if (p / "trainer_state.json").exists())
+
+
+def job_times(cluster, job_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """SLURM's own record of each job's last start and its end (sacct, from slurmdbd)."""
+    out = cluster.run("sacct", "-X", "-n", "-P", "-o", "JobID,Start,End", "-j", ",".join(job_ids)).stdout
+    return {job: (start, end) for job, start, end in (line.split("|") for line in out.splitlines())}
+
+
+def release_requeued(cluster, job_id: str, *updates: str) -> None:
+    """SLURM holds a requeued job for 120 s (Reason=BeginTime); let it start now instead, as an admin may."""
+    def held() -> bool:
+        return cluster.run("squeue", "-h", "-j", job_id, "-o", "%T %r").stdout.split() == ["PENDING", "BeginTime"]
+
+    wait_for(held, f"job {job_id} to be requeued", timeout=120)
+    cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", *updates)
+
+
+def test_slurm_sweep_jobs_two_at_a_time_and_a_requeued_job_resumes_its_run(
+        tmp_path: Path, slurm_cluster, postgres_url: str, hub_stand_in) -> None:
+    """3 trials, n_jobs=2: each its own SLURM job, run dir, run name, Hub repo; trial 0's job is requeued
+    (`scontrol requeue`) after its first checkpoint and continues the same run from it; all COMPLETE once."""
+    log = tmp_path / "sweep.log"
+    proc = start_sweep(sweep_args(tmp_path, postgres_url, "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2",
+                                  "hub.push=true"), log, env={"HF_HUB_OFFLINE": "0"})
+    run_dir = tmp_path / "sweep" / "0"
+    job = wait_for(lambda: trial_attr(postgres_url, 0, "slurm_job"), "trial 0's SLURM job to start", proc=proc, log=log)
+    wait_for(lambda: checkpoints(run_dir), "trial 0's first checkpoint", proc=proc, log=log)
+    before = json.loads((run_dir / "run.json").read_text())
+    slurm_cluster.run("scontrol", "requeue", job["id"])
+    release_requeued(slurm_cluster, job["id"])
+    out = finish(proc, log)
+    assert proc.returncode == 0, out[-4000:]
+
+    trials = study(postgres_url).get_trials(deepcopy=False)
+    assert sorted(t.number for t in trials) == [0, 1, 2], "no duplicate trial"
+    assert {t.state.name for t in trials} == {"COMPLETE"}
+    jobs = [t.user_attrs["slurm_job"]["id"] for t in trials]
+    run_dirs = [t.user_attrs["run_dir"] for t in trials]
+    repos = [t.user_attrs["hub_repo"] for t in trials]
+    assert len(set(jobs)) == len(set(run_dirs)) == len(set(repos)) == 3
+    assert sorted(hub_stand_in.repos) == sorted(repos)
+
+    # the requeued job went on with the same run: dir, names, Hub repo, W&B id, from its last checkpoint
+    after = json.loads((run_dir / "run.json").read_text())
+    assert after["status"] == "finished" and after["resumed"] == 1
+    for key in ("run_name", "project_run_name", "repo_id", "wandb_id"):
+        assert after[key] == before[key]
+    run_log = (run_dir / "train.log").read_text()
+    stopped = re.search(r"interrupted by SIGTERM at step (\d+): checkpoint saved", run_log)
+    resumed = re.search(r"continuing from .*checkpoint-(\d+)", run_log)
+    assert stopped and resumed, run_log[-3000:]
+    assert int(resumed.group(1)) == int(stopped.group(1)) > 0, "resumed from the checkpoint saved on the signal"
+    assert json.loads((run_dir / "adapter" / "metrics.json").read_text())["train_steps"] == STEPS
+    print(f"requeue: signal at step {stopped.group(1)}, resumed from checkpoint-{resumed.group(1)}, final step {STEPS}")
+
+    # two jobs at once; the slot of the first to end was refilled at once, while the other still ran
+    first, other = sorted(trials[:2], key=lambda t: t.datetime_complete)
+    assert trials[1].datetime_start < trials[0].datetime_complete and trials[0].datetime_start < trials[1].datetime_complete
+    assert first.datetime_complete <= trials[2].datetime_start < other.datetime_complete
+    times = job_times(slurm_cluster, jobs)  # SLURM's side: the third job started before the other one ended
+    assert times[jobs[2]][0] < times[other.user_attrs["slurm_job"]["id"]][1], times
+    print("jobs (start, end):", times)
+
+    summary = (tmp_path / "sweep" / "summary.yaml").read_text()
+    assert sorted(int(n) for n in re.findall(r"job: (\d+)", summary)) == [0, 1, 2]
+    compare = subprocess.run([sys.executable, "-m", "pricer.compare", postgres_url, "--study", "slurm", "--out",
+                              str(tmp_path / "plots")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert compare.returncode == 0, compare.stderr
+    for repo in repos:  # one row per trial
+        assert sum(repo in line for line in compare.stdout.splitlines()) == 1, compare.stdout
