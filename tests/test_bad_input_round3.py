@@ -169,3 +169,53 @@ def test_resume_of_a_run_json_without_names(tmp_path: Path, monkeypatch: pytest.
     out = run_cli_in_process([*DEMO, f"resume={run}", f"output_root={tmp_path}"], monkeypatch, capsys)
     one_error_line(out, f"resume={run}")
     assert (run / "run.json").read_text() == "{}"
+
+
+def tpe_study(folder: Path, distributions: dict) -> str:
+    """A finished trial of study `tpe` in sweeps/tpe/optuna.db, as sweep=tpe would have left it."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    (folder / "sweeps" / "tpe").mkdir(parents=True)
+    url = f"sqlite:///{folder / 'sweeps' / 'tpe' / 'optuna.db'}"
+    study = optuna.create_study(storage=url, study_name="tpe")
+    params = {name: dist.choices[0] if hasattr(dist, "choices") else dist.low for name, dist in distributions.items()}
+    study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=50.0))
+    return url
+
+
+def test_rerun_of_a_study_with_other_choices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture) -> None:
+    """sweep=tpe over a study that swept `scheduler` over two choices: Optuna's "CategoricalDistribution does
+    not support dynamic value space" as a traceback, and a FAIL trial recorded. Now refused before any trial."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    url = tpe_study(tmp_path, {"scheduler": CategoricalDistribution(["cosine", "linear"])})
+    out = run_cli_in_process([*DEMO, "sweep=tpe", f"output_root={tmp_path}", "hydra.sweeper.n_trials=3"], monkeypatch, capsys)
+    line = one_error_line(out, "study tpe swept scheduler over choice(cosine, linear), and this command over "
+                               "choice(cosine, linear, constant_with_warmup)")
+    assert "hydra.sweeper.study_name=tpe-2" in line
+    assert len(optuna.load_study(study_name="tpe", storage=url).trials) == 1  # no trial created
+
+
+def test_a_damaged_study_database_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture) -> None:
+    """A fault inside the file (the trials table's page overwritten) opened, then failed at the first read of the
+    trials with a 115-line SQLAlchemy traceback; a truncated file was already refused in one line."""
+    import sqlite3
+
+    from optuna.distributions import FloatDistribution
+
+    url = tpe_study(tmp_path, {"lora.lora_dropout": FloatDistribution(0.0, 0.2)})
+    db = Path(url.removeprefix("sqlite:///"))
+    with sqlite3.connect(db) as con:
+        page = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 'trials'").fetchone()[0]
+        page_size = con.execute("PRAGMA page_size").fetchone()[0]
+    data = bytearray(db.read_bytes())
+    data[(page - 1) * page_size:(page - 1) * page_size + 12] = b"\xff" * 12  # the page's B-tree header
+    db.write_bytes(bytes(data))
+    out = run_cli_in_process([*DEMO, "sweep=tpe", f"output_root={tmp_path}", "hydra.sweeper.n_trials=3"], monkeypatch, capsys)
+    line = one_error_line(out, f"hydra.sweeper.storage={url}: study tpe cannot be read (database disk image is malformed)")
+    assert "hydra.sweeper.study_name" in line
+    assert db.read_bytes() == bytes(data)

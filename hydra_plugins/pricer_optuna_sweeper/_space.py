@@ -91,6 +91,17 @@ def edges(dist: BaseDistribution) -> list[Any]:
     return [dist.low, dist.high]
 
 
+def describe(dist: BaseDistribution) -> str:
+    """A distribution in the sweep grammar it came from, for messages: choice(a, b), interval(0.0, 0.2), ..."""
+    if isinstance(dist, CategoricalDistribution):
+        return f"choice({', '.join(override_value(c) for c in dist.choices)})"
+    text = f"interval({dist.low}, {dist.high})"
+    if getattr(dist, "step", None) not in (None, 1):
+        text = f"range({dist.low}, {dist.high}, {dist.step})"
+    text = f"int({text})" if isinstance(dist, IntDistribution) and not text.startswith("range") else text
+    return f"tag(log, {text})" if dist.log else text
+
+
 def grid(space: dict[str, BaseDistribution]) -> dict[str, list[Any]]:
     """GridSampler's value lists; a continuous interval has no grid."""
     return {name: _grid_values(name, dist) for name, dist in space.items()}

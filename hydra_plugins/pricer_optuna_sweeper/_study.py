@@ -42,7 +42,7 @@ from pricer.trial import NAN_AT, PRUNED_AT, open_storage
 
 from ._locks import database_lock, file_lock, heartbeat
 from ._signals import SweepStop
-from ._space import SweepConfigError
+from ._space import SweepConfigError, describe
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,9 @@ def open_study(url: str, name: str, directions: list[str], heartbeat_interval: i
                 grace_period=grace_period,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
             )
-            return optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True)
+            study = optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True)
+            _check_readable(storage, study, url)
+            return study
     except sqlalchemy.exc.DatabaseError as err:  # OperationalError too: refused, unknown host, bad file
         first = str(getattr(err, "orig", err)).strip().splitlines()[0]
         raise SweepConfigError(f"hydra.sweeper.storage={masked_url(url)}: cannot open the database ({first}): "
@@ -96,6 +98,78 @@ def open_study(url: str, name: str, directions: list[str], heartbeat_interval: i
     except ImportError as err:  # Optuna's word for a missing driver (psycopg2, MySQLdb, ...)
         raise SweepConfigError(f"hydra.sweeper.storage={masked_url(url)}: {err.__cause__ or err}: "
                                "install the database's Python driver") from None
+
+
+def _check_readable(storage: optuna.storages.RDBStorage, study: optuna.Study, url: str) -> None:
+    """A damaged database (a disk or copy fault inside the file, not a truncated one) opens, and then fails
+    at the first read of its trials, deep in SQLAlchemy: read them all now, and have SQLite check its pages."""
+    try:
+        if url.startswith("sqlite"):
+            with storage.engine.connect() as connection:
+                verdict = [row[0] for row in connection.exec_driver_sql("PRAGMA quick_check").fetchall()]
+            if verdict != ["ok"]:
+                raise sqlalchemy.exc.DatabaseError("PRAGMA quick_check", None, Exception("; ".join(verdict)[:200]))
+        study.get_trials(deepcopy=False)
+    except (sqlalchemy.exc.DatabaseError, optuna.exceptions.StorageInternalError) as err:
+        cause = err
+        while not isinstance(cause, sqlalchemy.exc.DatabaseError) and (cause.__cause__ or cause.__context__):
+            cause = cause.__cause__ or cause.__context__
+        first = str(getattr(cause, "orig", cause)).strip().splitlines()[0]
+        raise SweepConfigError(f"hydra.sweeper.storage={masked_url(url)}: study {study.study_name} cannot be read ({first}): "
+                               "the database is damaged: restore it from a copy, or start afresh with a new "
+                               "hydra.sweeper.study_name and hydra.sweeper.storage (or hydra.sweep.dir)") from None
+
+
+class _SpaceProbe:
+    """Stands in for a trial to learn which distributions `suggest` asks for, without creating a trial."""
+
+    def __init__(self) -> None:
+        self.distributions: dict[str, optuna.distributions.BaseDistribution] = {}
+        self.params: dict[str, Any] = {}
+        self.user_attrs: dict[str, Any] = {}
+
+    def _ask(self, name: str, dist: optuna.distributions.BaseDistribution, value: Any) -> Any:
+        self.distributions[name], self.params[name] = dist, value
+        return value
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return self._ask(name, optuna.distributions.CategoricalDistribution(choices), list(choices)[0])
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
+        return self._ask(name, optuna.distributions.IntDistribution(low, high, log=log, step=step), low)
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False) -> float:
+        return self._ask(name, optuna.distributions.FloatDistribution(low, high, log=log, step=step), low)
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        self.user_attrs[key] = value
+
+
+def check_search_space(study: optuna.Study, suggest: Callable[[Trial], None]) -> None:
+    """Refuse, before a trial exists, a search space the study cannot take.
+
+    Optuna lets a numeric range change within a study, but not a parameter's choices or its kind
+    ("CategoricalDistribution does not support dynamic value space"): it raised only once a trial was
+    created, which then ended FAIL. A custom search space that needs a real trial is left to claim()."""
+    probe = _SpaceProbe()
+    try:
+        suggest(probe)  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - claim() runs it on a real trial and reports what fails
+        return
+    earlier: dict[str, optuna.distributions.BaseDistribution] = {}
+    for trial in study.get_trials(deepcopy=False):
+        for name, dist in trial.distributions.items():
+            earlier.setdefault(name, dist)
+    for name, dist in probe.distributions.items():
+        if name not in earlier:
+            continue
+        try:
+            optuna.distributions.check_distribution_compatibility(earlier[name], dist)
+        except ValueError:
+            raise SweepConfigError(f"study {study.study_name} swept {name} over {describe(earlier[name])}, and this command "
+                                   f"over {describe(dist)}: Optuna cannot change a parameter's choices within a study: "
+                                   f"start a new one with hydra.sweeper.study_name={study.study_name}-2 (a new sweep dir "
+                                   f"too), or sweep {name} over {describe(earlier[name])}") from None
 
 
 def run_trials(study: optuna.Study, suggest: Callable[[Trial], None], launch: Callable[[Trial], JobReturn], *,
@@ -106,6 +180,7 @@ def run_trials(study: optuna.Study, suggest: Callable[[Trial], None], launch: Ca
     Waiting for other workers' running trials matters: if one of them dies, its trial is
     re-queued after the grace period and this worker runs it.
     """
+    check_search_space(study, suggest)
     while failed_count(study) <= max_failures and stop.signum is None:
         trial = claim(study, suggest, url, n_trials, lock_path, grace_s)
         if trial is None:
