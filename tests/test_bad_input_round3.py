@@ -219,3 +219,15 @@ def test_a_damaged_study_database_is_one_line(tmp_path: Path, monkeypatch: pytes
     line = one_error_line(out, f"hydra.sweeper.storage={url}: study tpe cannot be read (database disk image is malformed)")
     assert "hydra.sweeper.study_name" in line
     assert db.read_bytes() == bytes(data)
+
+
+def test_a_multirun_checks_every_job_before_the_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    """Hydra's basic sweeper: job 0 trained in full, then job 1's ConfigError came as a traceback, with no
+    summary. Now every job's config is validated first (pricer.job_check): one line naming job 1, no job run.
+    (training.max_steps=1 keeps job 0 short where the check is missing.)"""
+    out = run_cli_in_process(["--multirun", *DEMO, "training.max_steps=1", "lora.lora_dropout=0.1,abc",
+                              f"output_root={tmp_path}"], monkeypatch, capsys)
+    one_error_line(out, "job 1 of 2 (")
+    assert "lora.lora_dropout='abc' must be a number" in out.stderr and "no job was started" in out.stderr
+    assert not (tmp_path / "sweeps").exists() and not (tmp_path / "runs").exists()
