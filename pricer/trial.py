@@ -128,12 +128,30 @@ def resumable_run_dir() -> str | None:
     does (RUN_DIR, recorded by its first attempt). pricer.train passes it to claim_run as
     `resume=`, so the job continues that run (dir, run name, Hub repo, W&B run) from its last
     complete checkpoint. A finished or pruned run is not continued (its trial is told already).
+
+    Called first thing in a job, it also records the job on the trial (SLURM_JOB): a sweep run
+    again after its process died then waits for this job rather than submitting the trial again.
+    A trial already ended (its sweep gave up on this job, e.g. before it started, and re-queued
+    the trial as a new one) is refused, so the job does not train it a second time.
     """
     if _trial_env() is None:
         return None
-    from pricer.resume import ENDED, RUN_FILE, read_run
+    import optuna
 
-    run_dir = _trial(*_trial_env()).user_attrs.get(RUN_DIR)
+    from pricer.resume import ENDED, RUN_FILE, ResumeError, read_run
+
+    trial = _trial(*_trial_env())
+    job = slurm_job()
+    try:
+        if job is not None and trial.user_attrs.get(SLURM_JOB) != job:
+            trial.set_user_attr(SLURM_JOB, job)
+        ended = trial.study._storage.get_trial(trial._trial_id).state.is_finished()
+    except optuna.exceptions.UpdateFinishedTrialError:
+        ended = True
+    if ended:
+        raise ResumeError(f"trial {trial.number} of study {trial.study.study_name} has ended already (its sweep stopped "
+                          "waiting for this job and re-queued it): not training it twice")
+    run_dir = trial.user_attrs.get(RUN_DIR)
     if not run_dir or not (Path(run_dir) / RUN_FILE).exists() or read_run(Path(run_dir)).get("status") in ENDED:
         return None
     return run_dir

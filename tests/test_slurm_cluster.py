@@ -9,17 +9,19 @@ postgres_url). The trials are short runs of the tiny model (20 steps, a checkpoi
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_cli_in_process
 
 pytestmark = pytest.mark.slow  # starts a cluster and runs sweeps of SLURM jobs
 
 STEPS, SAVE_EVERY = 20, 5
+LONG_STEPS = 100  # long enough to be training when SLURM's signal comes (slurmctld checks time limits every ~30 s)
 
 
 def sweep_args(tmp_path: Path, url: str, *extra: str) -> list[str]:
@@ -145,3 +147,88 @@ def test_slurm_sweep_jobs_two_at_a_time_and_a_requeued_job_resumes_its_run(
     assert compare.returncode == 0, compare.stderr
     for repo in repos:  # one row per trial
         assert sum(repo in line for line in compare.stdout.splitlines()) == 1, compare.stdout
+
+
+def test_slurm_time_limit_requeues_the_job_and_scancel_fails_its_trial(tmp_path: Path, slurm_cluster, postgres_url: str) -> None:
+    """Trial 0's job reaches its time limit: the signal submitit asks SLURM for (SIGUSR2, signal_delay_s before
+    the limit) makes pricer save, then submitit requeues the job (max_num_timeout=1), which resumes the run.
+    Trial 1's job is scancel'd: its trial fails (max_failure_rate counts it) with a one-line reason, never RUNNING on.
+
+    The limit is reached by shortening a running job's limit to 1 minute (`scontrol update TimeLimit=1`, SLURM's
+    granularity): the signal is then due at once, at a known step; the requeued job gets its 10 minutes back."""
+    log = tmp_path / "sweep.log"
+    proc = start_sweep(sweep_args(tmp_path, postgres_url, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
+                                  "hydra.sweeper.max_failure_rate=0.5", "hydra.launcher.signal_delay_s=55",
+                                  "hydra.launcher.max_num_timeout=1", f"training.max_steps={LONG_STEPS}"), log)
+    jobs = [wait_for(lambda n=n: trial_attr(postgres_url, n, "slurm_job"), f"trial {n}'s SLURM job", proc=proc, log=log)
+            for n in (0, 1)]
+    for n in (0, 1):
+        wait_for(lambda n=n: checkpoints(tmp_path / "sweep" / str(n)), f"trial {n}'s first checkpoint", proc=proc, log=log)
+    slurm_cluster.run("scancel", jobs[1]["id"])
+    slurm_cluster.run("scontrol", "update", f"JobId={jobs[0]['id']}", "TimeLimit=1")
+    release_requeued(slurm_cluster, jobs[0]["id"], "TimeLimit=10")
+    out = finish(proc, log)
+    assert proc.returncode == 0, out[-4000:]
+
+    trials = sorted(study(postgres_url).get_trials(deepcopy=False), key=lambda t: t.number)
+    assert [(t.number, t.state.name) for t in trials] == [(0, "COMPLETE"), (1, "FAIL")]
+    run_dir = tmp_path / "sweep" / "0"
+    run_log = (run_dir / "train.log").read_text()
+    stopped = re.search(r"interrupted by SIGUSR2 at step (\d+): checkpoint saved", run_log)
+    resumed = re.search(r"continuing from .*checkpoint-(\d+)", run_log)
+    assert stopped and resumed and int(resumed.group(1)) == int(stopped.group(1)) > 0, run_log[-3000:]
+    assert json.loads((run_dir / "run.json").read_text())["resumed"] == 1
+    assert json.loads((run_dir / "adapter" / "metrics.json").read_text())["train_steps"] == LONG_STEPS
+    job_log = next((tmp_path / "sweep" / ".submitit").glob(f"{jobs[0]['id']}/*_log.out")).read_text()
+    assert f"Requeued job {jobs[0]['id']} (0 remaining timeouts)" in job_log, job_log[-2000:]
+    print(f"time limit: SIGUSR2 at step {stopped.group(1)}, resumed from checkpoint-{resumed.group(1)}, final step {LONG_STEPS}")
+
+    reason = trials[1].user_attrs["fail_reason"]
+    assert reason.startswith(f"SLURM job {jobs[1]['id']} ended without a result (state CANCELLED"), reason
+    line = next(line for line in out.splitlines() if "trial 1 failed" in line)
+    assert line.endswith(reason) and "Traceback" not in out.split(line)[1].split("\n[")[0], out[-3000:]
+
+
+def test_slurm_sweep_killed_and_run_again_waits_for_its_jobs(tmp_path: Path, slurm_cluster, postgres_url: str) -> None:
+    """The sweep process (on a login node) is SIGKILLed while its 2 jobs run; the same command again waits for
+    those jobs (their trials are not submitted twice, nor rerun) and runs the last trial: 3 trials, 3 jobs."""
+    args = sweep_args(tmp_path, postgres_url, "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2")
+    first = start_sweep(args, tmp_path / "first.log")
+    jobs = [wait_for(lambda n=n: trial_attr(postgres_url, n, "slurm_job"), f"trial {n}'s SLURM job", proc=first,
+                     log=tmp_path / "first.log") for n in (0, 1)]
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    assert all(slurm_cluster.run("squeue", "-h", "-j", job["id"]).stdout.strip() for job in jobs), "the jobs run on"
+
+    log = tmp_path / "again.log"
+    again = start_sweep(args, log)
+    out = finish(again, log)
+    assert again.returncode == 0, out[-4000:]
+    trials = sorted(study(postgres_url).get_trials(deepcopy=False), key=lambda t: t.number)
+    assert [(t.number, t.state.name) for t in trials] == [(0, "COMPLETE"), (1, "COMPLETE"), (2, "COMPLETE")]
+    for n, job in enumerate(jobs):
+        assert f"trial {n}: its SLURM job {job['id']} runs on without the sweep that submitted it" in out
+        assert trials[n].user_attrs["slurm_job"] == job  # told from the first job's own result
+    submitted = sorted(p.name for p in (tmp_path / "sweep" / ".submitit").iterdir() if p.is_dir())
+    assert len(submitted) == 3, submitted  # one sbatch per trial, over both sweep processes
+    for n in range(3):  # each trial trained once: no run was resumed or started twice
+        assert json.loads((tmp_path / "sweep" / str(n) / "run.json").read_text()).get("resumed", 0) == 0
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("hydra.launcher.partition=no_such_partition", "hydra.launcher.partition=no_such_partition"),
+    ("hydra.launcher.account=no_such_account", "hydra.launcher.account=no_such_account"),
+    ("hydra.sweeper.storage=postgresql+psycopg2://postgres@127.0.0.1:9/none", "hydra.sweeper.storage="),
+])
+def test_slurm_sweep_refused_before_any_job(override: str, key: str, tmp_path: Path, slurm_cluster, postgres_url: str,
+                                            monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """A partition or account SLURM refuses (`sbatch --test-only`), or a PostgreSQL nobody listens on: one line
+    naming the key, exit 2, and no job submitted."""
+    before = slurm_cluster.run("sacct", "-X", "-n", "-o", "JobID").stdout.split()
+    out = run_cli_in_process(sweep_args(tmp_path, postgres_url, override), monkeypatch, capsys)
+    assert out.returncode == 2, out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {key}"), out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    assert slurm_cluster.run("sacct", "-X", "-n", "-o", "JobID").stdout.split() == before
+    assert not (tmp_path / "sweep" / ".submitit").exists()

@@ -38,7 +38,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from pricer.interrupt import Interrupted
 from pricer.logs import masked_url
-from pricer.trial import NAN_AT, PRUNED_AT, open_storage
+from pricer.trial import NAN_AT, PRUNED_AT, SLURM_JOB, open_storage
 
 from ._locks import database_lock, file_lock, heartbeat
 from ._signals import SweepStop
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 FAIL_REASON = "fail_reason"  # user attr of a trial that failed (absent on a FAIL: its worker died, re-queued)
 WORKER = "worker"  # user attr: host:pid of the worker that claimed the trial
 INTERRUPTED = "interrupted"  # user attr: why the trial last went back to WAITING (a signal)
+ADOPTED = "adopted_job"  # user attr: the SLURM job id a sweep run again waits for instead of submitting the trial
 MAX_RETRY = 2  # a trial whose worker died is re-queued at most this often (a trial that kills its worker)
 _COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
@@ -208,6 +209,9 @@ def claim(study: optuna.Study, suggest: Callable[[Trial], None], url: str, n_tri
     params (TPE's constant liar) and two workers do not draw the same point.
     """
     with file_lock(lock_path), database_lock(url, f"pricer: claim in {study.study_name}"):
+        adopted = adopt_orphaned_job(study)  # a dead sweep's SLURM job runs on: wait for it, never submit it twice
+        if adopted is not None:
+            return adopted
         optuna.storages.fail_stale_trials(study)  # re-queues trials of dead workers
         _fail_unclaimed(study, grace_s)
         if used_count(study) >= n_trials:
@@ -225,6 +229,32 @@ def claim(study: optuna.Study, suggest: Callable[[Trial], None], url: str, n_tri
             study.tell(trial, state=TrialState.FAIL)
             raise
         return trial
+
+
+def adopt_orphaned_job(study: optuna.Study) -> Trial | None:
+    """A RUNNING trial whose heartbeat stopped while its SLURM job runs on: this worker takes it over.
+
+    The heartbeat stopped with the sweep process that submitted the job (killed, or its login node
+    lost), but the job does not depend on that process. Failed and re-queued as Optuna does with a
+    dead worker's trial, it would be submitted again: a second job on the same run. The job recorded
+    itself on its trial (pricer.trial.SLURM_JOB); the sweep run again beats for the trial and reads the
+    job's result when it ends (the launch of an ADOPTED trial is a wait, not an sbatch).
+    """
+    storage = study._storage
+    if not hasattr(storage, "_get_stale_trial_ids"):
+        return None
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        job = storage.get_trial(trial_id).user_attrs.get(SLURM_JOB)
+        if job is None:
+            continue
+        storage.record_heartbeat(trial_id)  # no longer stale: fail_stale_trials leaves it alone
+        trial = Trial(study, trial_id)
+        trial.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr(ADOPTED, job["id"])
+        log.info("trial %d: its SLURM job %s runs on without the sweep that submitted it: waiting for it", trial.number,
+                 job["id"])
+        return trial
+    return None
 
 
 def _fail_unclaimed(study: optuna.Study, grace_s: float) -> None:
@@ -312,7 +342,7 @@ def tell(study: optuna.Study, trial: Trial, ret: JobReturn, stop: SweepStop) -> 
         else:
             trial.set_user_attr(FAIL_REASON, reason)
             _record(study, trial, state=TrialState.FAIL)
-            log.warning("trial %d failed: %s", trial.number, reason, exc_info=error)
+            log.warning("trial %d failed: %s", trial.number, reason, exc_info=None if _is_slurm_end(error) else error)
     if error is not None:
         error.__traceback__ = None  # even if a Hydra callback kept the JobReturn
 
@@ -360,10 +390,33 @@ def _values(returned: Any, study: optuna.Study) -> tuple[list[float] | None, str
 
 
 def _reason(error: BaseException) -> str:
+    if _is_slurm_end(error):
+        return _slurm_reason(error)
     text = f"{type(error).__name__}: {error}"
     if "out of memory" in text.lower() or "OutOfMemory" in text:
         text = f"out of memory ({text})"
     return text[:1000]
+
+
+def _is_slurm_end(error: BaseException | None) -> bool:
+    """submitit's word for a job that ended without a result (scancel, a lost node, killed) or failed outside the task."""
+    return error is not None and type(error).__module__.startswith("submitit")
+
+
+def _slurm_reason(error: BaseException) -> str:
+    """One line from submitit's many: the SLURM job, the state SLURM gives it (CANCELLED, NODE_FAIL, TIMEOUT, ...)
+    or the job's last error line, and where its log is."""
+    import re
+
+    text = str(error)
+    job, state = re.search(r"Job (\S+) \(task: \d+\)", text), re.search(r"\(state: ([^)]*)\)", text)
+    if job and state:
+        log_path = re.search(r"with path (\S+)_result\.pkl", text)
+        where = f"; its log: {log_path.group(1)}_log.err" if log_path else ""
+        return f"SLURM job {job.group(1)} ended without a result (state {state.group(1)}){where}"
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not set(line.strip()) <= {"-"}]
+    last_error = next((line for line in reversed(lines) if re.match(r"^[\w.]+(Error|Exception)\b", line)), lines[0] if lines else "")
+    return f"SLURM job failed: {last_error}"[:1000]
 
 
 def _release_memory() -> None:

@@ -79,6 +79,7 @@ class PricerOptunaSweeper(Sweeper):
         if not is_worker:  # a worker runs what its parent checked
             if self.storage:
                 _study.check_storage(self.storage)
+            _check_slurm_launcher(self.launcher)
             if self.checks_pricer_configs:
                 self._check_job_configs(space, fixed)
                 self._check_shared_gpus(space, fixed)
@@ -374,6 +375,9 @@ class PricerOptunaSweeper(Sweeper):
         trained in: pricer.train continues that run (`resume=`), from its last complete
         checkpoint, under the same run name, Hub repo and W&B run.
         """
+        adopted = _adopted_job_result(trial)  # a SLURM job that outlived the sweep process that submitted it
+        if adopted is not None:
+            return adopted
         from pricer.trial import ENV_TRIAL, RUN_DIR
 
         from . import _space, _workers
@@ -394,6 +398,63 @@ class PricerOptunaSweeper(Sweeper):
         if "best_value" in results:
             log.info("best trial %d: %s = %s", results["best_trial"], results["best_params"], results["best_value"])
         log.info("trials by state %s; results in %s", results["trials"], sweep_dir / "optimization_results.yaml")
+
+
+def _adopted_job_result(trial: Any) -> JobReturn | None:
+    """The result of the SLURM job a sweep run again took over (_study.adopt_orphaned_job), once it ends;
+    None for any other trial. submitit reads it from the job's folder, as it would have for the dead sweep."""
+    from pricer.trial import SLURM_JOB
+
+    from . import _study
+
+    job = trial.user_attrs.get(SLURM_JOB)
+    if job is None or trial.user_attrs.get(_study.ADOPTED) != job["id"]:
+        return None
+    import submitit
+
+    return submitit.SlurmJob(folder=job["folder"], job_id=job["id"]).results()[0]
+
+
+def _check_slurm_launcher(launcher: Any) -> None:
+    """hydra-submitit-launcher's SLURM settings as SLURM sees them, before any job: `sbatch --test-only` on the job
+    script submitit would write (no job is submitted). A partition, account or QOS SLURM refuses, or a launcher key
+    submitit does not know, is one line naming the key; otherwise each trial would fail at its own sbatch."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from . import _space
+
+    params = getattr(launcher, "params", None)
+    if getattr(launcher, "_EXECUTOR", None) != "slurm" or params is None:
+        return
+    if shutil.which("sbatch") is None or shutil.which("srun") is None:
+        raise _space.SweepConfigError("hydra/launcher=submitit_slurm: no sbatch/srun on this machine: run the sweep on a "
+                                      "SLURM login node (or in a job), or drop sweep=slurm")
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    with tempfile.TemporaryDirectory() as folder:
+        try:  # the launcher's own translation of its keys (hydra_submitit_launcher.submitit_launcher.launch)
+            executor = submitit.AutoExecutor(cluster="slurm", folder=folder, slurm_max_num_timeout=params.get("max_num_timeout", 0))
+            generic = set(OmegaConf.structured(BaseQueueConf).keys())
+            executor.update_parameters(**{k if k in generic else f"slurm_{k}": v for k, v in params.items()
+                                          if k not in ("max_num_timeout", "submitit_folder")})
+        except (ValueError, TypeError) as err:
+            raise _space.SweepConfigError(f"hydra.launcher: {str(err).strip().splitlines()[0]}") from None
+        script = Path(folder) / "check.sh"
+        script.write_text(executor._executor._make_submission_file_text("true", "check"))
+        out = subprocess.run(["sbatch", "--test-only", str(script)], capture_output=True, text=True, timeout=60)
+    if out.returncode == 0:
+        return
+    text = (out.stderr or out.stdout).strip()
+    said = text.splitlines()[-1].strip()
+    for key in ("account", "qos", "partition"):  # in this order: SLURM's account error also names the partition
+        if key in said.lower():
+            raise _space.SweepConfigError(f"hydra.launcher.{key}={params.get(key)}: SLURM refuses it ({said}): "
+                                          "see `sinfo` and `sacctmgr show assoc user=$USER`")
+    asks = ", ".join(f"{k}={params.get(k)}" for k in ("nodes", "tasks_per_node", "cpus_per_task", "gpus_per_node", "mem_gb"))
+    raise _space.SweepConfigError(f"hydra.launcher: SLURM refuses the job ({said}): it asks {asks}; see `sinfo -N -l`")
 
 
 def _resumable(run_dir: str | None) -> str | None:
