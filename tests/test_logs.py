@@ -37,9 +37,12 @@ def pristine_logging(monkeypatch: pytest.MonkeyPatch):
 
 @contextmanager
 def library_output(logger_name: str):
-    """The library's own stderr handler, pointed at a buffer while the block runs: what its users see."""
+    """The library's own stderr handler, pointed at a buffer while the block runs: what its users see.
+
+    Its exact class: pytest (9.2 and later) also attaches its capture handlers, subclasses of
+    StreamHandler, to loggers that do not propagate while a test runs."""
     logger = logging.getLogger(logger_name)
-    (handler,) = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]
+    (handler,) = [h for h in logger.handlers if type(h) is logging.StreamHandler]
     buffer = io.StringIO()
     stream = handler.setStream(buffer)
     try:
