@@ -63,7 +63,29 @@ def test_two_gpus_per_trial_run_every_trial_as_one_run_of_two_ranks(tmp_path: Pa
         assert trial.value == pytest.approx(scores["val/price_error"])
 
 
-SHARED_GPUS = [  # python -m pricer.train sweep=tpe output_root={tmp} ...: refused before any trial, on CPU
+@pytest.mark.slow  # a sweep whose trial is a submitit job of 2 tasks (submitit's local executor)
+def test_a_launcher_job_of_two_tasks_is_one_run_of_two_ranks(tmp_path: Path, tiny_model_dir) -> None:
+    """Where a launcher runs the jobs (SLURM), a trial is one job of k tasks and the ranks come from the
+    scheduler: pricer.distributed takes them from submitit's job environment (SLURM's variables on a
+    cluster, the local executor's own here). tasks_per_node follows gpus_per_trial by interpolation."""
+    out = run_cli(["experiment=demo", "sweep=tpe", "hydra/launcher=submitit_local",
+                   "hydra.launcher.tasks_per_node=${hydra.sweeper.gpus_per_trial}", "hydra.sweeper.gpus_per_trial=2",
+                   "hydra.sweeper.n_trials=1", "training.max_steps=2", "evaluation.val_items=10", "evaluation.test_items=5",
+                   f"output_root={tmp_path}"], timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    sweep_dir = tmp_path / "sweeps" / "tpe"
+    (trial,) = optuna.load_study(study_name="tpe", storage=f"sqlite:///{sweep_dir / 'optuna.db'}").get_trials()
+    assert trial.state == TrialState.COMPLETE
+    (run_file,) = tmp_path.rglob("run.json")  # one run, in the trial's job dir
+    meta = json.loads(run_file.read_text())
+    assert run_file.parent == sweep_dir / "0" and meta["status"] == "finished"
+    assert len(list((tmp_path / ".run_names").iterdir())) == 1
+    log = (sweep_dir / "0" / "train.log").read_text()  # the job's two tasks share its Hydra dir and log
+    assert log.count("effective batch 16 = 8 per device x 1 accumulation x 2 devices") == 2
+    assert log.count(f"run {meta['project_run_name']} -> {sweep_dir / '0'} ") == 2
+
+
+REFUSED = [  # python -m pricer.train sweep=tpe output_root={tmp} ...: refused before any trial, on CPU
     (["hydra.sweeper.n_jobs=2", "hydra.sweeper.devices=[0,0]", "hardware=h100"],
      "hydra.sweeper.n_jobs=2 on hydra.sweeper.devices=[0,0]: 2 workers share GPU 0, but "
      "hardware.per_device_train_batch_size=80 (hardware=h100) is a fixed batch, sized for a whole card: "
@@ -77,11 +99,14 @@ SHARED_GPUS = [  # python -m pricer.train sweep=tpe output_root={tmp} ...: refus
       "hardware.per_device_train_batch_size=auto"],
      "a trial's 2 ranks need 2 different GPUs: list n_jobs x gpus_per_trial = 2 GPUs in hydra.sweeper.devices"),
     (["hydra.sweeper.gpus_per_trial=0"], "hydra.sweeper.gpus_per_trial=0 must be at least 1"),
+    (["hydra/launcher=submitit_local", "hydra.sweeper.gpus_per_trial=2"],
+     "hydra.sweeper.gpus_per_trial=2 but hydra.launcher.tasks_per_node=1: a trial's job runs one task per rank: "
+     "set hydra.launcher.tasks_per_node=2 and hydra.launcher.gpus_per_node=2"),
 ]
 
 
-@pytest.mark.parametrize(("args", "message"), SHARED_GPUS)
-def test_ranks_sharing_a_gpu_with_a_fixed_batch_are_refused_in_one_line(args: list[str], message: str, tmp_path: Path,
+@pytest.mark.parametrize(("args", "message"), REFUSED)
+def test_ranks_sharing_a_gpu_or_too_few_tasks_are_refused_in_one_line(args: list[str], message: str, tmp_path: Path,
                                                                          monkeypatch, capsys) -> None:
     """Two workers on one H100 with hardware=h100's batch 80 ran out of memory mid-sweep, four tracebacks."""
     out = run_cli_in_process(["sweep=tpe", f"output_root={tmp_path}", *args], monkeypatch, capsys)

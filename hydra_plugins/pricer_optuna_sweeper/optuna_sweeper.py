@@ -145,6 +145,13 @@ class PricerOptunaSweeper(Sweeper):
                                           "e.g. 0.25 tolerates one failed trial in four")
         if any(d not in ("minimize", "maximize") for d in self.directions):
             raise _space.SweepConfigError(f"hydra.sweeper.direction={self.directions}: use minimize, maximize or a list of them")
+        tasks = OmegaConf.select(self.config, "hydra.launcher.tasks_per_node", default=None)
+        if not _runs_in_process(self.launcher) and tasks is not None and tasks != self.gpus_per_trial:
+            # a launcher running jobs elsewhere (SLURM) makes the ranks: one task per GPU of the trial
+            raise _space.SweepConfigError(
+                f"hydra.sweeper.gpus_per_trial={self.gpus_per_trial} but hydra.launcher.tasks_per_node={tasks}: a trial's "
+                f"job runs one task per rank: set hydra.launcher.tasks_per_node={self.gpus_per_trial} and "
+                f"hydra.launcher.gpus_per_node={self.gpus_per_trial}")
 
     def _check_job_configs(self, space: dict, fixed: dict[str, str]) -> None:
         """pricer.config.validate on the base config, then with each choice and both ends of each range.
