@@ -154,18 +154,20 @@ def test_slurm_time_limit_requeues_the_job_and_scancel_fails_its_trial(tmp_path:
     the limit) makes pricer save, then submitit requeues the job (max_num_timeout=1), which resumes the run.
     Trial 1's job is scancel'd: its trial fails (max_failure_rate counts it) with a one-line reason, never RUNNING on.
 
-    The limit is reached by shortening a running job's limit to 1 minute (`scontrol update TimeLimit=1`, SLURM's
-    granularity): the signal is then due at once, at a known step; the requeued job gets its 10 minutes back."""
+    The limit is reached by shortening a running job's limit to the next whole minute past one more (`scontrol
+    update TimeLimit=N`, SLURM's granularity): with signal_delay_s=120 the signal is then due at once, at a known
+    step, a minute before the kill; the requeued job gets its 10 minutes back."""
     log = tmp_path / "sweep.log"
     proc = start_sweep(sweep_args(tmp_path, postgres_url, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
-                                  "hydra.sweeper.max_failure_rate=0.5", "hydra.launcher.signal_delay_s=55",
+                                  "hydra.sweeper.max_failure_rate=0.5", "hydra.launcher.signal_delay_s=120",
                                   "hydra.launcher.max_num_timeout=1", f"training.max_steps={LONG_STEPS}"), log)
     jobs = [wait_for(lambda n=n: trial_attr(postgres_url, n, "slurm_job"), f"trial {n}'s SLURM job", proc=proc, log=log)
             for n in (0, 1)]
     for n in (0, 1):
         wait_for(lambda n=n: checkpoints(tmp_path / "sweep" / str(n)), f"trial {n}'s first checkpoint", proc=proc, log=log)
     slurm_cluster.run("scancel", jobs[1]["id"])
-    slurm_cluster.run("scontrol", "update", f"JobId={jobs[0]['id']}", "TimeLimit=1")
+    minutes = int(slurm_cluster.run("squeue", "-h", "-j", jobs[0]["id"], "-o", "%M").stdout.split(":")[-2])  # M:SS run
+    slurm_cluster.run("scontrol", "update", f"JobId={jobs[0]['id']}", f"TimeLimit={minutes + 2}")  # ends >= 60 s from now
     release_requeued(slurm_cluster, jobs[0]["id"], "TimeLimit=10")
     out = finish(proc, log)
     assert proc.returncode == 0, out[-4000:]
