@@ -1,12 +1,16 @@
-"""Compare the trials of a sweep: python -m pricer.compare SWEEP_DIR_OR_STORAGE_URL [--study NAME]
+"""Compare the trials of a sweep: python -m pricer.compare SWEEP_DIR_OR_STORAGE_URL [--study NAME] [--json [FILE]]
 
 Prints every trial (params, objective, state, duration, Hub repo, W&B run, why it
-failed or where it was pruned) best first, and saves three plots as PNG next to the
-study: optimisation history, parallel coordinates, parameter importance. The same
-study opens live in `optuna-dashboard URL`.
+failed or where it was pruned) best first, and saves plots as PNG next to the study:
+optimisation history, parallel coordinates, parameter importance, and the objective
+against its test score. The best trials are then linked: trial -> run dir, W&B run, Hub
+repo. `--json` writes those links (and every trial's) for scripts instead. The same
+study opens live in `optuna-dashboard URL`; its axes carry the objectives' names
+(the sweeper names them with Optuna's set_metric_names).
 """
 
 import argparse
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -19,6 +23,7 @@ STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4
 # the FrozenTrial attributes the table reads through study.trials_dataframe
 TRIAL_ATTRS = ("number", "state", "value", "duration", "params", "user_attrs", "last_step")
 RUN_ATTRS = ("hub_repo", "wandb_run")  # written by the job through pricer.trial.set_trial_attrs
+BEST_LINKED = 3  # one objective: the best three finished trials are linked; several: the Pareto front
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 
 
@@ -27,9 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("target", help="a sweep dir (holding optuna.db) or a storage URL")
     parser.add_argument("--study", help="study name; needed when the storage holds several")
     parser.add_argument("--out", type=Path, help="where the PNGs go (default: next to the study)")
+    parser.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                        help="write the study's trials and their links (run dir, W&B run, Hub repo) as JSON, "
+                             "to stdout or to FILE (a new file), instead of the table and plots")
     args = parser.parse_args(argv)
     if args.out is not None and args.out.exists() and not args.out.is_dir():  # before the table, not after it
         print(f"error: --out {args.out} is a file: name a folder for the plots (it is made if missing)", file=sys.stderr)
+        return 2
+    if args.json not in (None, "-") and Path(args.json).exists():  # never overwrite what a script wrote before
+        print(f"error: --json {args.json} exists: name a new file, or pass --json alone for stdout", file=sys.stderr)
         return 2
     try:
         url, out_dir = locate(args.target)
@@ -37,8 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.json is not None:
+        text = json.dumps(study_links(study, url), indent=2, default=str)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+            print(f"wrote {args.json}")
+        return 0
     print(format_table(trial_rows(study)))
     for line in save_plots(study, args.out or out_dir):
+        print(line)
+    for line in format_links(best_trials(study), objective_names(study)):
         print(line)
     print(f"live view: optuna-dashboard {url}")
     return 0
@@ -111,6 +132,73 @@ def load_study(url: str, name: str | None):
     if (name or names[0]) not in names:
         raise ValueError(f"no study {name!r}; studies: {', '.join(names)}")
     return optuna.load_study(study_name=name or names[0], storage=storage)
+
+
+def objective_names(study) -> list[str]:
+    """The objectives' names as the sweeper set them (set_metric_names); Optuna's own labels otherwise."""
+    if study.metric_names:
+        return list(study.metric_names)
+    return ["objective"] if len(study.directions) == 1 else [f"objective {i}" for i in range(len(study.directions))]
+
+
+def best_trials(study) -> list:
+    """One objective: the BEST_LINKED best finished trials, best first; several: the Pareto front (Optuna's best_trials)."""
+    from optuna.trial import TrialState
+
+    if len(study.directions) > 1:
+        return sorted(study.best_trials, key=lambda t: t.number)
+    sign = -1 if study.directions[0].name == "MAXIMIZE" else 1
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sorted(done, key=lambda t: (sign * t.value, t.number))[:BEST_LINKED]
+
+
+def trial_links(trial, names: list[str]) -> dict[str, Any]:
+    """Where a trial's run lives: its run dir, W&B run and Hub repo, as its job recorded them on the trial
+    (pricer.train and pricer.tracking through pricer.trial.set_trial_attrs). A run tracked with tracking=none
+    has no W&B run (no wandb_id); a run with hub.push=false no Hub repo."""
+    from pricer.trial import RUN_DIR
+
+    attrs = trial.user_attrs
+    wandb = None
+    if attrs.get("wandb_id"):
+        wandb = {"name": attrs.get("wandb_run"), "id": attrs["wandb_id"], "project": attrs.get("wandb_project"),
+                 "url": attrs.get("wandb_url")}
+    return {"number": trial.number, "state": trial.state.name,
+            "values": dict(zip(names, trial.values, strict=True)) if trial.values else None,
+            "scores": {name: attrs[name] for name in REPORTED_SCORES if attrs.get(name) is not None},
+            "params": dict(trial.params), "run_dir": attrs.get(RUN_DIR), "wandb": wandb, "hub_repo": attrs.get("hub_repo")}
+
+
+def study_links(study, url: str) -> dict[str, Any]:
+    """What --json writes: the study, its named objectives, the best trials' links, then every trial's."""
+    names = objective_names(study)
+    return {"study": study.study_name, "storage": masked_url(url),
+            "objectives": [{"name": name, "direction": d.name.lower()} for name, d in zip(names, study.directions, strict=True)],
+            "best": [trial_links(t, names) for t in best_trials(study)],
+            "trials": [trial_links(t, names) for t in study.get_trials(deepcopy=False)]}
+
+
+def format_links(trials: list, names: list[str]) -> list[str]:
+    """The best trials, each with its run dir, W&B run and Hub repo, one per line."""
+    if not trials:
+        return []
+    lines = ["best trials -> run dir, W&B run, Hub repo:"]
+    for trial in trials:
+        link = trial_links(trial, names)
+        scored = [f"{k}={v:.4g}" for k, v in (link["values"] or {}).items()]
+        scored += [f"{k}={v:.4g}" for k, v in link["scores"].items() if k not in (link["values"] or {})]
+        lines += [f"  trial {trial.number}: {', '.join(scored)}",
+                  f"    run dir  {link['run_dir'] or '-'}",
+                  f"    W&B      {_wandb_cell(link['wandb'])}",
+                  f"    Hub      {link['hub_repo'] or '-'}"]
+    return lines
+
+
+def _wandb_cell(wandb: dict[str, Any] | None) -> str:
+    if wandb is None:
+        return "- (not tracked)"
+    where = f"project {wandb['project']}, id {wandb['id']}" if wandb["project"] else f"id {wandb['id']}"
+    return f"{wandb['name']} ({where})" + (f" {wandb['url']}" if wandb["url"] else "")
 
 
 def trial_rows(study) -> list[dict[str, Any]]:
@@ -201,11 +289,12 @@ def save_plots(study, out_dir: Path) -> list[str]:
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")  # target below is lower-better
-    target, lower_is_better = {}, {}
+    name = objective_names(study)[0]  # the axes say val/price_error, not "Objective Value"
+    target, lower_is_better = {"target_name": name}, {}
     if len(study.directions) > 1:  # the plots show the first objective
-        target = {"target": lambda t: t.values[0], "target_name": "objective 0"}
+        target = {"target": lambda t: t.values[0], "target_name": name}
         sign = -1 if study.directions[0].name == "MAXIMIZE" else 1  # PED-ANOVA ranks low targets
-        lower_is_better = {"target": lambda t: sign * t.values[0], "target_name": "objective 0"}
+        lower_is_better = {"target": lambda t: sign * t.values[0], "target_name": name}
     # PED-ANOVA: needs no scikit-learn (fANOVA, the default, does) and copes with few trials
     evaluator = optuna.importance.PedAnovaImportanceEvaluator()
     makers = {
@@ -213,6 +302,14 @@ def save_plots(study, out_dir: Path) -> list[str]:
         "parallel": lambda: plots.plot_parallel_coordinate(study, **target),
         "importance": lambda: plots.plot_param_importances(study, evaluator=evaluator, **lower_is_better),
     }
+    twin = _test_twin(study, name)
+    if twin is not None:  # the objective beside the test score it stands for: Optuna's Pareto plot with two targets
+        def vs_test():
+            axes = plots.plot_pareto_front(study, targets=lambda t: (t.values[0], t.user_attrs[twin]), target_names=[name, twin])
+            axes.set_title(f"{name} (selected on) against {twin} (the report)")
+            return axes
+
+        makers["vs-test"] = vs_test
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = []
     for kind, make in makers.items():
@@ -227,6 +324,18 @@ def save_plots(study, out_dir: Path) -> list[str]:
         plt.close(figure)
         lines.append(f"plot: {path}")
     return lines
+
+
+def _test_twin(study, name: str) -> str | None:
+    """`test/price_error` for a study selecting on `val/price_error`, when every finished trial recorded it
+    (pricer.train does, as a user attr); None otherwise (another objective, another app, no finished trial)."""
+    from optuna.trial import TrialState
+
+    if len(study.directions) != 1 or not name.startswith("val/"):
+        return None
+    twin = "test/" + name[len("val/"):]
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return twin if done and all(isinstance(t.user_attrs.get(twin), (int, float)) for t in done) else None
 
 
 if __name__ == "__main__":

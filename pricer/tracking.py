@@ -7,9 +7,85 @@ starts a fresh run instead of appending to this one. Under torchrun only rank 0 
 the others get `report_to=[]` and every call here does nothing on them.
 """
 
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import sys
 from typing import Any
 
 from pricer.distributed import is_main
+from pricer.logs import masked_url
+
+log = logging.getLogger(__name__)
+
+# W&B refuses these in a project name (wandb.Settings.validate_project), after the model load
+PROJECT_FORBIDDEN = "/\\#?%:"
+PROJECT_MAX = 128
+OFFLINE_NOTICE = "[INFO] Running in WANDB offline mode"
+# W&B's job_type, the runs table's first filter: a single run, a sweep trial, a re-scoring, a sweep's summary
+JOB_TYPES = ("train", "trial", "evaluate", "sweep")
+TAG_MAX = 64  # W&B refuses a longer tag (wandb.Settings.validate_run_tags)
+NOT_PRESETS = ("local",)  # conf/local/default.yaml: the user's own overrides, listed among the choices even when absent
+
+
+def project_problem(project: Any) -> str | None:
+    """Why W&B would refuse this project name, or None."""
+    if not isinstance(project, str) or not project:
+        return "is empty"
+    found = "".join(sorted({ch for ch in project if ch in PROJECT_FORBIDDEN}))
+    if found:
+        return f"holds {found!r} (W&B project names cannot hold any of {PROJECT_FORBIDDEN})"
+    return f"is longer than {PROJECT_MAX} characters" if len(project) > PROJECT_MAX else None
+
+
+def preflight(backend: str, timeout_s: float = 10.0) -> str | None:
+    """What keeps W&B from starting this run, checked before the model loads, or None.
+
+    wandb.init finds out only after the load: without a key and a terminal to ask for one
+    (UsageError), or with a server it cannot reach (CommError after 120 s). Here: the mode as
+    W&B resolves it (WANDB_MODE, `wandb offline`), a key for its server (WANDB_API_KEY, ~/.netrc,
+    `wandb login`), and one HTTP request to the server."""
+    if backend != "wandb" or not is_main():
+        return None
+    import requests
+    from wandb.errors import AuthenticationError
+    from wandb.sdk import wandb_setup
+    from wandb.sdk.lib.wbauth import authenticate_session
+
+    settings = wandb_setup.singleton().settings
+    if settings.mode in ("offline", "dryrun", "disabled"):
+        return None
+    base_url = settings.base_url
+    try:
+        auth = authenticate_session(host=base_url, source="pricer", prompt=False, update_session=False)
+    except AuthenticationError as err:
+        return f"W&B's key for {base_url} is malformed ({err}): set WANDB_API_KEY, or pass tracking=none"
+    if auth is None and not sys.stdin.isatty():
+        return (f"tracking=wandb needs a W&B key for {base_url} and there is no terminal to ask for one: set WANDB_API_KEY "
+                "(or run `wandb login`), or pass tracking=none, or set WANDB_MODE=offline")
+    try:
+        requests.get(base_url, timeout=timeout_s, allow_redirects=False)
+    except requests.RequestException as err:
+        return (f"tracking=wandb cannot reach the W&B server {base_url} ({type(err).__name__}): check the network or "
+                "WANDB_BASE_URL, or set WANDB_MODE=offline (sync later with `wandb sync`), or pass tracking=none")
+    return None
+
+
+def import_trainer_integrations() -> None:
+    """Import transformers' tracker integrations without their import-time print.
+
+    transformers prints "[INFO] Running in WANDB offline mode" on stdout whenever WANDB_MODE=offline is
+    set, when the Trainer is first imported, whatever tracker the run uses (tracking=none too). pricer
+    says which tracker a run uses itself; every other line of that import is printed as it was."""
+    if "transformers.integrations.integration_utils" in sys.modules:
+        return
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        import transformers.integrations.integration_utils  # noqa: F401
+    sys.stdout.write("".join(line for line in captured.getvalue().splitlines(keepends=True)
+                             if line.rstrip("\n") != OFFLINE_NOTICE))
 
 
 def start(
@@ -22,25 +98,67 @@ def start(
     run_id: str,
     entity: str | None = None,
     tags: list[str] | None = None,
+    job_type: str = "train",
 ) -> list[str]:
-    """Start tracking; returns the Trainer's `report_to`."""
+    """Start tracking; returns the Trainer's `report_to`.
+
+    `job_type` (JOB_TYPES) and `tags` (preset_tags) are what the W&B runs table filters by. A sweep
+    trial's run and its Optuna trial point at each other: the config's `trial` gets the study's storage
+    (password masked) beside its number and study name, and the trial's user attrs get the W&B run's id,
+    project and, online, its URL (pricer.compare prints them)."""
     if backend == "none" or not is_main():
         return []
     import wandb
 
-    wandb.init(
+    from pricer import trial
+
+    if config.get("trial"):
+        config = config | {"trial": config["trial"] | {"storage": masked_url(os.environ.get(trial.ENV_STORAGE, ""))}}
+    run = wandb.init(
         project=project,
         entity=entity,
         name=name,
         group=group,
+        job_type=job_type,
         tags=tags or [],
-        config=config,
+        config=config | {"run_dir": run_dir},
         dir=run_dir,
         id=run_id,
         resume="allow",  # a resumed pricer run continues its W&B run
         reinit="finish_previous",
     )
+    trial.set_trial_attrs(wandb_id=run.id, wandb_project=run.project, **({"wandb_url": run.url} if run.url else {}))
     return ["wandb"]
+
+
+def preset_tags(choices: dict[str, Any], extra: list[str] | None = None) -> list[str]:
+    """`hardware=t4`, `lora=r8`, ...: the config groups a run composed (Hydra's runtime choices), then the
+    user's tracking.tags; Hydra's own groups left out. W&B filters and groups runs by tag."""
+    tags = [f"{group}={choice}" for group, choice in choices.items()
+            if choice is not None and not group.startswith("hydra/") and group not in NOT_PRESETS]
+    return [tag[:TAG_MAX] for tag in dict.fromkeys([*tags, *(extra or [])])]
+
+
+def sweep_summary(backend: str, project: str, entity: str | None, group: str, sweep_dir: str, config: dict[str, Any],
+                  summary: dict[str, Any], tags: list[str]) -> None:
+    """A sweep's result where its trials' runs are: one small run of job_type `sweep` in the sweep's W&B group,
+    its summary the best trial (number, value, run name, Hub repo, W&B run, run dir). Written by the sweep
+    process when the sweep ends; the same sweep run again updates the same run (its id comes from the study).
+    W&B failing here costs the summary run only: the sweep's results are in its dir already."""
+    if backend == "none" or not is_main():
+        return
+    import wandb
+
+    run_id = "sweep-" + hashlib.sha1(f"{config.get('storage')}|{config.get('study_name')}".encode()).hexdigest()[:16]
+    try:
+        run = wandb.init(project=project, entity=entity, name=f"{group}-summary", group=group, job_type="sweep",
+                         tags=tags, config=config, dir=sweep_dir, id=run_id, resume="allow", reinit="finish_previous",
+                         settings=wandb.Settings(x_disable_stats=True, console="off", save_code=False))
+        run.summary.update(summary)
+        run.finish()
+    except Exception as err:  # noqa: BLE001 - W&B's errors have no common base; the sweep's results are saved
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        log.warning("the sweep's W&B summary run was not written (%s): its results are in %s", first, sweep_dir)
 
 
 def log_summary(backend: str, metrics: dict[str, float], images: list) -> None:

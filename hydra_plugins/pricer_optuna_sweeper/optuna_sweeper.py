@@ -90,7 +90,7 @@ class PricerOptunaSweeper(Sweeper):
             return
         if self.storage is None:  # only now, so that a refused sweep leaves nothing behind
             sweep_dir.mkdir(parents=True, exist_ok=True)  # the default optuna.db lives in it
-        study, n_trials = self._open_study(url, name, space)
+        study, n_trials = self._open_study(url, name, space, sweep_dir / ".optuna.lock")
         sweep_dir.mkdir(parents=True, exist_ok=True)  # multirun.yaml, the lock file, the jobs' dirs
         if not is_worker:
             OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -99,9 +99,12 @@ class PricerOptunaSweeper(Sweeper):
         with env_override(self._job_env(url, name)), _signals.SweepStop(_runs_in_process(self.launcher)) as stop:
             codes = self._run(study, url, n_trials, space, fixed, sweep_dir, stop)
         if not is_worker:
-            self._write_results(sweep_dir, _study.results(study))
+            self._write_results(sweep_dir, _study.results(study), study, url)
         failed = _study.failed_count(study)
-        if failed > self.max_failure_rate * n_trials:
+        if failed > self.max_failure_rate * n_trials and (stop.signum is not None or is_worker):
+            # stopped: the signal's exit code; a worker: its sweep process gives the verdict, once
+            log.error("%d of %d trials failed, more than max_failure_rate=%s allows", failed, n_trials, self.max_failure_rate)
+        elif failed > self.max_failure_rate * n_trials:
             raise RuntimeError(f"{failed} of {n_trials} trials failed, more than max_failure_rate="
                                f"{self.max_failure_rate} allows; reasons: `python -m pricer.compare {sweep_dir}`")
         self._exit_if_stopped(study, stop.signum, codes)
@@ -257,7 +260,10 @@ class PricerOptunaSweeper(Sweeper):
             return None
         assigned = _workers.worker_devices(self.n_jobs, self._devices(), self.gpus_per_trial)
         shared = _workers.shared_devices(assigned)
-        return [[f"hardware.memory_gib={memory / max(shared.get(d, 1) for d in worker):g}"] for worker in assigned]
+        shares = [memory / max(shared.get(d, 1) for d in worker) for worker in assigned]
+        log.info("batch=auto on shared GPUs: each worker fills its share, hardware.memory_gib=%s of %g",
+                 ", ".join(f"{share:g}" for share in shares), memory)
+        return [[f"hardware.memory_gib={share:g}"] for share in shares]
 
     def _check_direction(self, metric: str | None) -> None:
         """A study that minimises a hit rate would look for the worst runs: refuse it before any trial."""
@@ -280,19 +286,32 @@ class PricerOptunaSweeper(Sweeper):
             return os.environ[ENV_STORAGE], os.environ[ENV_STUDY]
         return study_address(sweep_dir, self.storage, self.study_name)
 
-    def _open_study(self, url: str, name: str, space: dict) -> tuple[Any, int]:
+    def _open_study(self, url: str, name: str, space: dict, lock_path: Path) -> tuple[Any, int]:
         """Create or join the study, with this process's sampler and the pruner the jobs will use."""
         from pricer.trial import PRUNER_ATTR
 
-        from . import _study, _workers
+        from . import _study
 
-        study = _study.open_study(url, name, self.directions, self.heartbeat_interval, self.grace_period)
-        stream = (len(study.get_trials(deepcopy=False)), int(os.environ.get(_workers.WORKER_ENV, 0)))
+        study = _study.open_study(url, name, self.directions, self.heartbeat_interval, self.grace_period,
+                                  self._metric_names())
+        lock_path.parent.mkdir(parents=True, exist_ok=True)  # the study opened: the sweep is not refused
+        stream = _study.next_stream(study, url, lock_path)
         study.sampler, n_trials = self._sampler(space, stream)
         pruner_spec = OmegaConf.to_container(self.pruner_cfg, resolve=True)
         study.pruner = instantiate(pruner_spec)  # a bad pruner key fails here, not in every job
         study.set_user_attr(PRUNER_ATTR, pruner_spec)
         return study, n_trials
+
+    def _metric_names(self) -> list[str] | None:
+        """What the jobs return, one name per direction: pricer.train returns optimized_metric's validation
+        twin in a sweep (config.sweep_objective); another app names its objectives in a list. None: unknown."""
+        from pricer.config import sweep_objective
+
+        metric = OmegaConf.select(self.config, "optimized_metric")
+        names = [str(m) for m in metric] if OmegaConf.is_list(metric) else [str(metric)] if metric is not None else []
+        if self.checks_pricer_configs:
+            names = [sweep_objective(m) for m in names]
+        return names if len(names) == len(self.directions) else None
 
     def _run(self, study: Any, url: str, n_trials: int, space: dict, fixed: dict[str, str],
              sweep_dir: Path, stop: Any) -> list[int]:
@@ -327,12 +346,13 @@ class PricerOptunaSweeper(Sweeper):
                 future.result()
         return []
 
-    def _sampler(self, space: dict, stream: tuple[int, int]) -> tuple[Any, int]:
+    def _sampler(self, space: dict, stream: int) -> tuple[Any, int]:
         """The sampler, and n_trials (a grid caps it at its size).
 
-        A seeded sampler restarted on a resumed study, or started in a second worker,
-        would draw the same params again: `stream` (trials so far, worker index) is mixed
-        into the seed, so every process draws its own reproducible sequence. Not for a grid:
+        A seeded sampler restarted on a resumed study, started in a second worker, or by the
+        same command run twice on one storage would draw the same params again: `stream`, a
+        number the study hands each process once (_study.next_stream), is mixed into the seed,
+        so no two processes draw one sequence, by construction. Not for a grid:
         GridSampler gives trial number i the i-th point of the grid shuffled by its seed, so
         every worker must shuffle with the same seed or two trials get one point and another
         point none.
@@ -344,8 +364,8 @@ class PricerOptunaSweeper(Sweeper):
         kwargs: dict[str, Any] = {}
         seed = self.sampler_cfg.get("seed")
         grid_sampler = str(self.sampler_cfg.get("_target_", "")).endswith("GridSampler")
-        if seed is not None and any(stream) and not grid_sampler:
-            kwargs["seed"] = int(np.random.SeedSequence([seed, *stream]).generate_state(1)[0])
+        if seed is not None and stream and not grid_sampler:  # stream 0, the study's first process: the seed as given
+            kwargs["seed"] = int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
         if not grid_sampler:
             return instantiate(self.sampler_cfg, **kwargs), self.n_trials
         grid = _space.grid(space)
@@ -400,11 +420,40 @@ class PricerOptunaSweeper(Sweeper):
             _workers.hand_out(overrides, trial.number)  # the worker's other ranks run the same job with rank 0
         return self.launcher.launch([overrides], initial_job_idx=trial.number)[0]
 
-    def _write_results(self, sweep_dir: Path, results: dict) -> None:
+    def _write_results(self, sweep_dir: Path, results: dict, study: Any = None, url: str | None = None) -> None:
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
         if "best_value" in results:
             log.info("best trial %d: %s = %s", results["best_trial"], results["best_params"], results["best_value"])
         log.info("trials by state %s; results in %s", results["trials"], sweep_dir / "optimization_results.yaml")
+        if study is not None and url is not None:
+            self._summarise_in_wandb(sweep_dir, results, study, url)
+
+    def _summarise_in_wandb(self, sweep_dir: Path, results: dict, study: Any, url: str) -> None:
+        """With tracking=wandb, the sweep's result as one run of job_type `sweep` in the group its trials' runs
+        share (pricer.train names it sweep-{sweep dir}): best trial, value, run name, Hub repo, W&B run, run dir."""
+        from pricer import compare, tracking
+
+        backend = OmegaConf.select(self.config, "tracking.backend", default="none")
+        if backend == "none" or not self.checks_pricer_configs:
+            return
+        names = compare.objective_names(study)
+        best = [compare.trial_links(t, names) for t in compare.best_trials(study)]
+        summary: dict[str, Any] = {"trials": results["trials"], "best": best}
+        if best:  # the runs table shows these as columns
+            top = best[0]
+            summary |= {"best_trial": top["number"], **{f"best/{k}": v for k, v in top["values"].items()},
+                        **{f"best/{k}": v for k, v in top["scores"].items() if k not in top["values"]},
+                        "best_run_name": (top["wandb"] or {}).get("name"), "best_wandb_id": (top["wandb"] or {}).get("id"),
+                        "best_hub_repo": top["hub_repo"], "best_run_dir": top["run_dir"]}
+        config = {"study_name": study.study_name, "storage": masked_url(url), "sweep_dir": str(sweep_dir),
+                  "objectives": names, "directions": self.directions, "n_trials": self.n_trials}
+        swept = {name for t in study.get_trials(deepcopy=False) for name in t.params}  # lora=choice(...): no one preset
+        choices = {group: choice for group, choice in OmegaConf.to_container(self.config.hydra.runtime.choices).items()
+                   if group not in swept}
+        tracking.sweep_summary(backend, OmegaConf.select(self.config, "tracking.project", default=None) or self.config.project,
+                               OmegaConf.select(self.config, "tracking.entity", default=None), f"sweep-{sweep_dir.name}",
+                               str(sweep_dir), config, summary,
+                               tracking.preset_tags(choices, OmegaConf.select(self.config, "tracking.tags", default=None)))
 
 
 def _adopted_job_result(trial: Any) -> JobReturn | None:
