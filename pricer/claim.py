@@ -6,6 +6,8 @@ from it and are written to run.json before anything trains. `resume=` claims the
 names of the run it continues instead, so a resumed run keeps its dir, Hub repo and
 W&B run. Every later step reads the names from the returned Claim, never derives them.
 Under torchrun rank 0 claims and writes run.json; the other ranks receive its Claim.
+A claim is also the run's lock (pricer.run_lock): from the claim to the end of its job the
+claiming process is the run's one writer, and a second `resume=` of it is refused.
 """
 
 import logging
@@ -15,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pricer import distributed, naming
-from pricer.resume import check_same_adapter_shape, find_resumable, owner, read_run, write_run
+from pricer import distributed, naming, run_lock
+from pricer.resume import ResumeError, check_continuable, check_same_adapter_shape, owner, read_run, take_resumable, write_run
 
 log = logging.getLogger("pricer")
 
@@ -34,25 +36,31 @@ class Claim:
 
 def claim_run(run_dir: Path, project: str, output_root: str, resume: str | None, overrides: list[str],
               push: bool, hf_user: str | None, private: bool, push_attempts: int, push_wait_s: float,
-              group: str | None, lora: dict[str, Any]) -> Claim:
+              group: str | None, lora: dict[str, Any], force: bool = False) -> Claim:
     """This run's names, or, with `resume=`, the names of the run it continues.
 
     `run_dir` is the dir Hydra made for this process; `overrides` are the command line's
     (resume=auto finds an unfinished run started with the same ones). On several ranks rank 0
-    claims (or finds the run to resume) and every rank gets its Claim."""
+    claims (or finds the run to resume) and every rank gets its Claim. `force`: resume_force (resume.check_continuable)."""
     return distributed.on_main(lambda: _claim(run_dir, project, output_root, resume, overrides, push, hf_user, private,
-                                              push_attempts, push_wait_s, group, lora))
+                                              push_attempts, push_wait_s, group, lora, force))
 
 
 def _claim(run_dir: Path, project: str, output_root: str, resume: str | None, overrides: list[str],
            push: bool, hf_user: str | None, private: bool, push_attempts: int, push_wait_s: float,
-           group: str | None, lora: dict[str, Any]) -> Claim:
+           group: str | None, lora: dict[str, Any], force: bool) -> Claim:
     overrides = sorted(o for o in overrides if not o.startswith("resume="))
-    previous = find_resumable(resume, Path(output_root), overrides) if resume else None
+    previous = take_resumable(resume, Path(output_root), overrides) if resume else None  # locked for this process
     if previous is not None:
-        check_same_adapter_shape(previous, lora)
+        try:
+            check_same_adapter_shape(previous, lora)
+            check_continuable(previous, distributed.world_size(), force)
+        except ResumeError:
+            run_lock.release(previous)
+            raise
         log.info("resuming %s (this attempt's own log: %s)", previous, run_dir)
-        write_run(previous, status="running", resumed=read_run(previous).get("resumed", 0) + 1, **owner())
+        write_run(previous, status="running", resumed=read_run(previous).get("resumed", 0) + 1,
+                  world_size=distributed.world_size(), **owner())
         return _from_run_file(previous)
     start = naming.run_start(run_dir)
     run_name = naming.claimed_name(run_dir) or naming.claim_run_name(start, Path(output_root) / ".run_names")
@@ -61,9 +69,11 @@ def _claim(run_dir: Path, project: str, output_root: str, resume: str | None, ov
         from pricer import hub
 
         repo_id = naming.hub_repo_id(hub.checked_account(hf_user, push_attempts, push_wait_s), project, run_name)
+    if not run_lock.acquire(run_dir):  # a dir this process just made: only hydra.run.dir=SOMEONE_ELSES gets here
+        raise ResumeError(f"{run_dir} is owned by {run_lock.owner_of(run_dir)}: pass another hydra.run.dir")
     write_run(run_dir, run_name=run_name, project_run_name=naming.project_run_name(project, run_name), repo_id=repo_id,
               private=private, group=group, wandb_id=naming.tracker_run_id(), overrides=overrides, started=start.isoformat(),
-              status="running", **owner())
+              status="running", world_size=distributed.world_size(), **owner())
     return _from_run_file(run_dir)
 
 
@@ -85,13 +95,46 @@ def recording_status(run_dir: Path, finish: Callable[[str], None]) -> Iterator[N
         status = "finished"
     except BaseException as err:
         status = _status_of(err)
+        full = disk_full(err, run_dir)
+        if full:
+            raise DiskFull(full) from None  # one line, not the library's traceback
         raise
     finally:
         if distributed.is_main():
-            write_run(run_dir, status=status)
+            try:
+                write_run(run_dir, status=status)
+            finally:
+                run_lock.release(run_dir)  # the next job of a --multirun, or a resume, may take it
         if status == "interrupted":  # every rank stops on an agreed signal: none exits (and has the launcher
             distributed.barrier()    # stop the others) before rank 0 has recorded it
         finish(status)
+
+
+class DiskFull(OSError):
+    """The run's disk filled up: the run failed, its last complete checkpoint is intact."""
+
+
+def disk_full(err: BaseException, run_dir: Path) -> str | None:
+    """The one line for an error that a full disk caused, else None.
+
+    torch.save reports it as a RuntimeError ("file write failed"), safetensors as its own error,
+    Python as OSError ENOSPC: any of them in the chain, with the disk really (nearly) full, is one."""
+    import errno
+    import shutil
+
+    seen, depth, says_full = err, 0, False
+    while seen is not None and depth < 20 and not says_full:
+        says_full = (getattr(seen, "errno", None) == errno.ENOSPC or "No space left" in str(seen)
+                     or "file write failed" in str(seen))
+        seen, depth = seen.__cause__ or seen.__context__, depth + 1
+    try:
+        usage = shutil.disk_usage(run_dir)
+    except OSError:
+        return None
+    if not says_full or usage.free > 64 * 2**20:
+        return None
+    return (f"no space left on the disk of {run_dir} ({usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.0f} MiB): "
+            f"its last complete checkpoint is kept; free space, then `python -m pricer.train resume={run_dir}`")
 
 
 def _status_of(err: BaseException) -> str:

@@ -116,6 +116,7 @@ class Config:
     optimized_metric: Literal[OBJECTIVES]
     output_root: str
     resume: str | None  # a run dir, or auto
+    resume_force: bool
     model: Model
     data: Data
     hub: Hub
@@ -184,6 +185,7 @@ class RunConfig:
     optimized_metric: str
     output_root: str
     resume: str | None
+    resume_force: bool  # continue a run that cannot go on as it was (no checkpoint left, another number of ranks)
     model: dict[str, Any]
     lora: dict[str, Any]  # peft.LoraConfig kwargs
     quant: dict[str, Any]  # transformers.BitsAndBytesConfig kwargs; empty: no quantization
@@ -484,6 +486,45 @@ def _check_hub(hub: dict) -> None:
             raise ConfigError(
                 "hub.push=true needs a Hugging Face token: set HF_TOKEN (or run `hf auth login`), or pass hub.push=false"
             )
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:  # every push would fail: five retries of the account lookup, then a wrong hint
+            raise ConfigError("hub.push=true, but HF_HUB_OFFLINE=1 is set, so nothing can reach the Hub: unset HF_HUB_OFFLINE, "
+                              "or pass hub.push=false (push later with `python -m pricer.push RUN_DIR`)")
+
+
+def _check_tracking(tracking: dict) -> None:
+    """A W&B project name W&B refuses (it said so only after the model load)."""
+    from pricer.tracking import project_problem
+
+    if tracking.get("backend") == "wandb":
+        problem = project_problem(tracking.get("project"))
+        if problem:
+            raise ConfigError(f"tracking.project={tracking.get('project')!r} {problem}: name a W&B project, e.g. "
+                              "tracking.project=pricer")
+
+
+def _check_tracker_reachable(tracking: dict) -> None:
+    """The W&B key and server, asked before the model loads: not after it, with a 120 s timeout."""
+    from pricer.tracking import preflight
+
+    problem = preflight(tracking["backend"])
+    if problem:
+        raise ConfigError(problem)
+
+
+def check_repeated_overrides(overrides: list[str]) -> None:
+    """One key given twice on the command line (`lora=r8 lora=r64`): Hydra silently takes the last."""
+    seen: dict[str, str] = {}
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+")
+        if "=" not in override or key.startswith("~"):
+            continue
+        if key in seen:
+            raise ConfigError(f"{key} is given twice ({seen[key]}, {override}): Hydra would take the last silently: "
+                              "keep one (a sweep over both: --multirun " + f"{key}={seen[key].split('=', 1)[1]},"
+                              f"{override.split('=', 1)[1]})")
+        seen[key] = override
 
 
 def _check_data(data: dict) -> None:
@@ -517,15 +558,18 @@ def validate(cfg: DictConfig, choices: dict[str, str] | None = None, check_machi
     _check_data(plain["data"])
     _check_hardware(hw, sft, choices, check_machine)
     _check_hub_names(plain["hub"], plain["project"])
+    _check_tracking(plain["tracking"])
     _build_sft(sft)  # last: pricer's own messages above name the fix better than the library's
     if check_machine:
         _check_hub(plain["hub"])
+        _check_tracker_reachable(plain["tracking"])
     return RunConfig(
         project=plain["project"],
         seed=plain["seed"],
         optimized_metric=plain["optimized_metric"],
         output_root=plain["output_root"],
         resume=plain["resume"],
+        resume_force=plain["resume_force"],
         model=plain["model"],
         lora=plain["lora"],
         quant=plain["quant"],

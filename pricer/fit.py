@@ -27,6 +27,18 @@ class StopOnSignal(SignalStop, TrainerCallback):
     """pricer.interrupt's signal stop as a Trainer callback: saves and stops at the end of the step."""
 
 
+class RecordCheckpoint(TrainerCallback):
+    """run.json keeps the last step saved: a resume that finds no checkpoint then knows they were lost
+    and says so (pricer.resume.check_continuable) instead of training again from step 0 unasked."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def on_save(self, args, state, control, **kwargs) -> None:
+        if state.is_world_process_zero:
+            write_run(self.run_dir, last_checkpoint=state.global_step)
+
+
 class CheckpointKeeper(CheckpointPusher, TrainerCallback):
     """pricer.push's checkpoint pusher as a Trainer callback: pushes and rotates each saved checkpoint."""
 
@@ -48,7 +60,7 @@ def fit(model, tokenizer, train_dataset, val: Items | None, *, run_dir: Path, ru
     args = build_sft_config(sft, output_dir=str(checkpoints_dir), run_name=run_name, report_to=report_to, seed=seed,
                             use_cpu=accelerator == "cpu")
     stopper = StopOnSignal()
-    callbacks = [keeper, stopper, *trial.trial_callbacks(eval_during_training=bool(eval_steps))]
+    callbacks = [keeper, RecordCheckpoint(run_dir), stopper, *trial.trial_callbacks(eval_during_training=bool(eval_steps))]
     trainer = build_trainer(model, tokenizer, args, build_lora_config(lora), train_dataset, callbacks, compute_dtype)
     speed.causal_mask_only(trainer.model, accelerator)
     if lean_4bit:  # before the batch probe: it counts the fp32 absmax this drops
@@ -61,8 +73,15 @@ def fit(model, tokenizer, train_dataset, val: Items | None, *, run_dir: Path, ru
         trainer.add_callback(price_eval_callback(trainer, val.prompts, val.prices, eval_steps, top_k, batch_tokens,
                                                  sft["max_length"]))
     if memory_gib is not None:  # before compiling: the probe then measures eager memory, the safe side
-        picked = speed.pick_batch_size(speed.step_runner(trainer), memory_gib)
-        speed.set_batch_size(trainer, broadcast_object(picked))  # several ranks: all take rank 0's pick
+        # once per run: a resume (maybe on another GPU after a requeue) keeps the batch, so the schedule
+        # and the batches it skips on resume stay the first attempt's
+        stored = read_run(run_dir).get("auto_batch_size")
+        picked = broadcast_object(stored or speed.pick_batch_size(speed.step_runner(trainer), memory_gib))
+        if stored:
+            log.info("per_device_train_batch_size=auto: %d, as the run's first attempt picked it", picked)
+        elif is_main():
+            write_run(run_dir, auto_batch_size=picked)
+        speed.set_batch_size(trainer, picked)  # several ranks: all take rank 0's pick
     if compile_layers:
         speed.compile_layers(trainer.model)
     trainable = log_sizes(trainer, args)

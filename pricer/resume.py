@@ -8,6 +8,7 @@ The Trainer writes `trainer_state.json` last, so a checkpoint without a readable
 one was cut short by a crash and is never resumed from.
 """
 
+import errno
 import json
 import logging
 import os
@@ -15,6 +16,8 @@ import shutil
 import socket
 from pathlib import Path
 from typing import Any
+
+from pricer import run_lock
 
 RUN_FILE = "run.json"
 ENDED = ("finished", "pruned")  # a run in these states is never continued
@@ -31,12 +34,27 @@ def read_run(run_dir: Path) -> dict[str, Any]:
 
 
 def write_run(run_dir: Path, **fields: Any) -> None:
-    """Update run.json atomically: a crash mid-write keeps the previous version."""
+    """Update run.json atomically: a crash mid-write keeps the previous version. Only the run's owner
+    writes (pricer.run_lock): a run another live process trains is refused."""
+    run_lock.check_writer(run_dir)
     path = run_dir / RUN_FILE
     current = json.loads(path.read_text()) if path.exists() else {}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(current | fields, indent=2))
-    tmp.replace(path)
+    text, tmp = json.dumps(current | fields, indent=2), path.with_suffix(".tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as err:  # no half-written temp left beside it
+        tmp.unlink(missing_ok=True)
+        if err.errno != errno.ENOSPC or not path.exists():
+            raise
+        _write_in_place(path, text)  # a full disk: no room for a new file, but the old one's blocks hold the new text
+
+
+def _write_in_place(path: Path, text: str) -> None:
+    """run.json overwritten where it lies: a status change (a few bytes) fits the block the file already has."""
+    with open(path, "r+") as f:
+        f.write(text)
+        f.truncate()
 
 
 def checkpoint_step(path: Path) -> int:
@@ -95,14 +113,19 @@ def drop_incomplete_checkpoints(checkpoints_dir: Path) -> list[Path]:
     return dropped
 
 
-def find_resumable(resume: str, runs_root: Path, overrides: list[str]) -> Path | None:
-    """The run dir to continue: the named one, or for `auto` the newest unfinished twin."""
+def take_resumable(resume: str, runs_root: Path, overrides: list[str]) -> Path | None:
+    """The run dir to continue, its lock taken for this process (pricer.run_lock): the named one, or
+    for `auto` the newest unfinished twin that no live process owns. The lock makes the choice
+    atomic: two requeued jobs started together never take one run; the one that loses the race
+    takes the next unowned twin, or none."""
     if resume != "auto":
         run_dir = Path(resume)
-        if not (run_dir / RUN_FILE).exists():
-            raise ResumeError(f"resume={resume} is not a pricer run dir (no {RUN_FILE}): pass a dir under outputs/runs")
-        if read_run(run_dir).get("status") in ENDED:
-            raise ResumeError(f"resume={resume} already {read_run(run_dir)['status']}: start a new run without resume=")
+        meta = _checked_run_file(run_dir, f"resume={resume}")
+        if meta.get("status") in ENDED:
+            raise ResumeError(f"resume={resume} already {meta['status']}: start a new run without resume=")
+        if not run_lock.acquire(run_dir):
+            raise ResumeError(f"resume={resume} is being trained by {run_lock.owner_of(run_dir)}: "
+                              "one process at a time; wait for it to end, or stop it and resume again")
         return run_dir
     wanted = sorted(o for o in overrides if not o.startswith("resume="))
     candidates = []
@@ -112,27 +135,69 @@ def find_resumable(resume: str, runs_root: Path, overrides: list[str]) -> Path |
         except (OSError, ValueError):
             log.warning("resume=auto: skipping %s, which is not readable JSON", run_file)
             continue
-        if meta.get("status") in NOT_AUTO or sorted(meta.get("overrides", [])) != wanted:
+        if meta.get("status") not in NOT_AUTO and sorted(meta.get("overrides", [])) == wanted:
+            candidates.append((meta.get("started", ""), run_file.parent))
+    for _, run_dir in sorted(candidates, reverse=True):
+        if not run_lock.acquire(run_dir):
+            log.info("resume=auto: skipping %s, owned by %s", run_dir, run_lock.owner_of(run_dir))
             continue
-        if meta.get("status") == "running" and is_alive(meta):
-            log.info("resume=auto: skipping %s, still running (pid %s)", run_file.parent, meta.get("pid"))
-            continue
-        candidates.append((meta.get("started", ""), run_file.parent))
-    return max(candidates)[1] if candidates else None
+        try:  # read again under the lock: the owner that just let go may have finished it
+            meta = _checked_run_file(run_dir, "resume=auto")
+        except ResumeError as err:
+            log.warning("resume=auto: skipping %s: %s", run_dir, err)
+            meta = {"status": "failed"}
+        if meta.get("status") not in NOT_AUTO:
+            log.info("resume=auto: continuing %s", run_dir)
+            return run_dir
+        run_lock.release(run_dir)
+    log.info("resume=auto: no unfinished run with these overrides is free (%d owned or ended): starting a new run",
+             len(candidates))
+    return None
+
+
+def check_continuable(run_dir: Path, world_size: int, force: bool) -> None:
+    """A resume that cannot continue the run as it was is refused in one line, before the model loads,
+    unless `resume_force=true`: then it says what changes. Two cases: its checkpoints are gone (it
+    would train again from step 0), or another number of ranks (the global batch, per device x
+    accumulation x ranks, and the data order change mid-run)."""
+    meta = read_run(run_dir)
+    checkpoints = run_dir / "checkpoints"
+    saved, trained = meta.get("last_checkpoint"), meta.get("trained")
+    if saved and not trained and not (checkpoints.exists() and complete_checkpoints(checkpoints)):
+        _refuse_unless(force, f"resume={run_dir} saved checkpoint-{saved}, but {checkpoints} holds no complete checkpoint "
+                              "(removed or lost), so it would train again from step 0",
+                       "restore the checkpoints, or pass resume_force=true to train it again from step 0 in this run")
+    was = meta.get("world_size", 1)
+    if was != world_size:
+        _refuse_unless(force, f"resume={run_dir} trained on {was} rank(s), this launch has {world_size}: the global batch "
+                              f"(per device x accumulation x ranks) would change by {world_size}/{was} mid-run",
+                       f"resume it on {was} rank(s), or pass resume_force=true to go on at the new batch")
+
+
+def _refuse_unless(force: bool, problem: str, fix: str) -> None:
+    if not force:
+        raise ResumeError(f"{problem}: {fix}")
+    log.warning("%s; resume_force=true: going on", problem)
+
+
+REQUIRED = ("run_name", "project_run_name", "repo_id", "wandb_id", "status")  # what a resume reads from run.json
+
+
+def _checked_run_file(run_dir: Path, key: str) -> dict[str, Any]:
+    """run.json, refused in one line (before anything is written) if it cannot be continued from."""
+    if not (run_dir / RUN_FILE).is_file():
+        raise ResumeError(f"{key} is not a pricer run dir (no {RUN_FILE}): pass a dir under outputs/runs")
+    try:
+        meta = read_run(run_dir)
+    except (OSError, ValueError) as err:
+        raise ResumeError(f"{key}: {run_dir / RUN_FILE} is not readable JSON ({err}): start a new run without resume=") from None
+    missing = [field for field in REQUIRED if not isinstance(meta, dict) or field not in meta]
+    if missing:
+        raise ResumeError(f"{key}: {run_dir / RUN_FILE} lacks {', '.join(missing)}, so the run's names are lost: "
+                          "start a new run without resume=")
+    return meta
 
 
 def owner() -> dict[str, Any]:
     """Who runs a run now: written into run.json at start and at each resume."""
     return {"pid": os.getpid(), "host": socket.gethostname()}
-
-
-def is_alive(meta: dict[str, Any]) -> bool:
-    """The run's process still runs on this host. A run of another host cannot be checked from here and
-    counts as not alive: a requeued SLURM job, the case resume=auto is for, restarts on another node."""
-    if meta.get("host") != socket.gethostname():
-        return False
-    try:
-        os.kill(int(meta.get("pid", -1)), 0)
-    except (OSError, ValueError, OverflowError):
-        return False
-    return True

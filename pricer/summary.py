@@ -101,10 +101,12 @@ def _study_rows(url: str, name: str) -> list[dict[str, Any]]:
 
 
 def _trial_status(trial: Any) -> str:
-    """The jobs' status words; a FAIL without fail_reason is a dead worker's trial, retried as a later one."""
+    """The jobs' status words; a FAIL without a reason is a dead worker's trial, retried as a later one."""
+    from hydra_plugins.pricer_optuna_sweeper._study import fail_reason  # the study's own rule (retry limit)
+
     state = trial.state.name
     if state == "FAIL":
-        return "FAILED" if "fail_reason" in trial.user_attrs else "RETRIED"
+        return "FAILED" if fail_reason(trial) else "RETRIED"
     return {"COMPLETE": "COMPLETED"}.get(state, state)  # PRUNED, WAITING (interrupted: resumes), RUNNING
 
 

@@ -6,6 +6,7 @@ objective a --multirun sweeper minimises. Each step is one call into the module 
 owns it; nothing below calls back up into this file.
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -19,8 +20,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from pricer import naming
-from pricer.claim import Claim, claim_run, drop_unclaimed_dir, recording_status
-from pricer.config import REPORTED_SCORES, ConfigError, RunConfig, preset_notes, sweep_objective, validate
+from pricer.claim import Claim, DiskFull, claim_run, drop_unclaimed_dir, recording_status
+from pricer.config import REPORTED_SCORES, ConfigError, RunConfig, check_repeated_overrides, preset_notes, sweep_objective, validate
 from pricer.data import DataError, load_slices
 from pricer.distributed import is_main, on_main
 from pricer.logs import install_log_filters
@@ -53,7 +54,7 @@ def train(cfg: DictConfig) -> float:
     claim = claim_run(Path(hydra_cfg.runtime.output_dir), run.project, run.output_root, run.resume or trial.resumable_run_dir(),
                       list(hydra_cfg.overrides.task), run.hub["push"], run.hub["hf_user"], run.hub["private"],
                       run.hub["push_attempts"], run.hub["push_wait_s"],
-                      f"sweep-{Path(hydra_cfg.sweep.dir).name}" if multirun else None, run.lora)
+                      f"sweep-{Path(hydra_cfg.sweep.dir).name}" if multirun else None, run.lora, force=run.resume_force)
     run_dir, adapter_dir = claim.run_dir, claim.run_dir / "adapter"
     log.info("run %s -> %s (hub: %s)", claim.project_run_name, run_dir, claim.repo_id or "off")
     trial.set_trial_attrs(run_dir=str(run_dir.absolute()), hub_repo=claim.repo_id, wandb_run=claim.project_run_name)
@@ -104,7 +105,7 @@ def publish(run: RunConfig, claim: Claim, config_yaml: str, metrics: dict) -> No
     if not is_main():
         return
     from pricer import hub
-    from pricer.push import with_retries
+    from pricer.push import PushFailed, call_with_retries
 
     adapter_dir = claim.run_dir / "adapter"
     (adapter_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -115,13 +116,15 @@ def publish(run: RunConfig, claim: Claim, config_yaml: str, metrics: dict) -> No
     (adapter_dir / "README.md").write_text(card)
     if claim.repo_id is None:
         return
-    if with_retries(lambda: hub.push_final(claim.repo_id, adapter_dir, run.hub["private"]), "final adapter",
-                    run.hub["push_attempts"], run.hub["push_wait_s"]):
-        write_run(claim.run_dir, final_pushed=True)
-        log.info("pushed to %s", claim.repo_id)
-    else:
-        log.error("the final push failed; the adapter is safe in %s: run `python -m pricer.push %s`",
-                  claim.run_dir, claim.run_dir)
+    try:
+        call_with_retries(lambda: hub.push_final(claim.repo_id, adapter_dir, run.hub["private"]), "final adapter",
+                          run.hub["push_attempts"], run.hub["push_wait_s"])
+    except Exception as err:  # the run ends non-zero: its files stay, and `pricer.push` finishes the push
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise PushFailed(f"the final push to {claim.repo_id} failed ({first}): the adapter, metrics and checkpoints are "
+                         f"kept in {claim.run_dir}: finish it with `python -m pricer.push {claim.run_dir}`") from None
+    write_run(claim.run_dir, final_pushed=True)
+    log.info("pushed to %s", claim.repo_id)
 
 
 def describe_model(run: RunConfig) -> str:
@@ -140,18 +143,26 @@ def next_command(accelerator: str) -> str:
 def main(cfg: DictConfig) -> float:
     """Hydra's entry: bad input ends with one line naming the fix, not a traceback."""
     install_log_filters()  # first: importing transformers below already imports bitsandbytes
-    from pricer.interrupt import Interrupted  # here, not at the top: --cfg job must not import torch
+    from pricer.interrupt import Interrupted, RaiseOnSignal  # here, not at the top: --cfg job must not import torch
+    from pricer.push import PushFailed
+    from pricer.tracking import import_trainer_integrations
 
-    try:
-        return train(cfg)
-    except (ConfigError, DataError, ResumeError, Interrupted) as err:
+    single = HydraConfig.get().mode != RunMode.MULTIRUN  # a sweeper handles signals itself
+    try:  # from here a signal ends the run in one line (exit 128 + signal), its dir dropped if still unclaimed;
+        with RaiseOnSignal(None) if single else contextlib.nullcontext():  # training and scoring handle it their way
+            check_repeated_overrides(list(HydraConfig.get().overrides.task))
+            import_trainer_integrations()  # without "Running in WANDB offline mode", printed even with tracking=none
+            return train(cfg)
+    except (ConfigError, DataError, ResumeError, Interrupted, DiskFull, PushFailed) as err:
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # a sweeper records the failed job and goes on
-        if not isinstance(err, Interrupted):
+        if not isinstance(err, Interrupted) or err.step is None:  # nothing of a claimed run is dropped (run.json)
             drop_unclaimed_dir(Path(HydraConfig.get().runtime.output_dir))
-        sys.exit(128 + err.signum if isinstance(err, Interrupted) else 2)
+            naming.release_unclaimed(Path(HydraConfig.get().runtime.output_dir))
+        bad_input = isinstance(err, (ConfigError, DataError, ResumeError))  # 2; a full disk or a failed push: 1
+        sys.exit(128 + err.signum if isinstance(err, Interrupted) else 2 if bad_input else 1)
 
 
 if __name__ == "__main__":

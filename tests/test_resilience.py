@@ -35,7 +35,8 @@ class Training:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         self.err = b""
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         while chunk := self.proc.stderr.read1(4096):
@@ -52,7 +53,7 @@ class Training:
 
     def finish(self, timeout: float = 240) -> tuple[int, str]:
         self.proc.wait(timeout)
-        time.sleep(0.2)  # let the reader drain the pipe
+        self.reader.join(30)  # the pipe drained to its end
         return self.proc.returncode, self.err.decode()
 
 

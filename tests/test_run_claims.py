@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_cli, run_cli_in_process
 
-from pricer import naming
-from pricer.resume import find_resumable, owner, write_run
+from pricer import naming, run_lock
+from pricer.resume import ResumeError, owner, take_resumable, write_run
 
+NAMES = {"run_name": "2024-09-13_13.04.39", "project_run_name": "pricer-2024-09-13_13.04.39", "repo_id": None,
+         "wandb_id": "abcd1234"}  # what a claim writes into run.json
 QUICK = ["experiment=demo", "training.max_steps=2", "training.save_steps=2", "evaluation.test_items=5"]
 
 
@@ -75,22 +77,35 @@ def test_a_run_that_fails_after_its_claim_is_marked_failed_and_auto_leaves_it(tm
     (failed,) = (tmp_path / "runs").glob("*/run.json")
     assert json.loads(failed.read_text())["status"] == "failed"
     overrides = json.loads(failed.read_text())["overrides"]
-    assert find_resumable("auto", tmp_path, overrides) is None
+    assert take_resumable("auto", tmp_path, overrides) is None
 
 
-def test_resume_auto_skips_live_runs_failed_runs_and_corrupt_files(tmp_path: Path) -> None:
-    """Of five runs with the same overrides only the dead, unfinished one is continued."""
+def test_resume_auto_skips_owned_runs_failed_runs_and_corrupt_files(tmp_path: Path) -> None:
+    """Of five runs with the same overrides only the unfinished one that no live process owns is
+    continued, and resume=auto takes its lock. The owner is a real second process holding the lock."""
     overrides = ["experiment=demo"]
     runs = {name: tmp_path / "runs" / name for name in ("dead", "alive", "failed", "finished", "corrupt")}
     for name, run_dir in runs.items():
         run_dir.mkdir(parents=True)
         status = {"failed": "failed", "finished": "finished"}.get(name, "running")
-        write_run(run_dir, overrides=overrides, status=status, started=f"2024-09-13T13:0{len(name)}:00", **owner())
-    write_run(runs["dead"], pid=2**22 + 12345)  # beyond Linux's pid_max default: no such process
+        write_run(run_dir, overrides=overrides, status=status, started=f"2024-09-13T13:0{len(name)}:00", **NAMES, **owner())
     (runs["corrupt"] / "run.json").write_text('{"status": "running", "overr')
-    assert find_resumable("auto", tmp_path, overrides) == runs["dead"]
-    write_run(runs["dead"], **owner())  # this test's own pid: alive now
-    assert find_resumable("auto", tmp_path, overrides) is None
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; from pricer import run_lock; "
+                               f"assert run_lock.acquire(Path({str(runs['alive'])!r})); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert take_resumable("auto", tmp_path, overrides) == runs["dead"]  # alive is newer, but owned
+        assert run_lock.holds(runs["dead"])
+        assert take_resumable("auto", tmp_path, overrides) == runs["dead"]  # this process's own claim
+        run_lock.release(runs["dead"])
+        with pytest.raises(ResumeError, match=rf"resume={runs['alive']} is being trained by pid {holder.pid} on host "):
+            take_resumable(str(runs["alive"]), tmp_path, overrides)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert take_resumable("auto", tmp_path, overrides) == runs["alive"]  # its owner died: the kernel let go
+    run_lock.release(runs["alive"])
 
 
 BAD = [
@@ -145,7 +160,7 @@ def test_resuming_with_another_lora_shape_is_one_line_before_any_load(tmp_path: 
                                                                       capsys: pytest.CaptureFixture) -> None:
     run_dir = tmp_path / "runs" / "r16"
     fake_checkpoint(run_dir, 8, r=16)
-    write_run(run_dir, run_name="r16", status="interrupted", overrides=["experiment=demo"])
+    write_run(run_dir, **NAMES | {"run_name": "r16"}, status="interrupted", overrides=["experiment=demo"])
     out = run_cli_in_process(["experiment=demo", "lora.r=8", f"resume={run_dir}", f"output_root={tmp_path}"], monkeypatch,
                              capsys)
     assert out.returncode == 2 and "Traceback" not in out.stderr

@@ -33,7 +33,10 @@ from pricer import trial as job
 @hydra.main(version_base="1.3", config_path=".", config_name="toy")
 def main(cfg) -> float:
     number = job.current_trial_info()["number"]
+    if cfg.die:  # a job that kills its worker (the sweep process itself with n_jobs=1), as an OOM killer would
+        os.kill(os.getpid(), 9)
     if number in cfg.fail_trials:
+        time.sleep(cfg.fail_after)
         raise RuntimeError(f"told to fail: trial {number}")
     steps, value = 0, float("nan")
     for step in range(cfg.steps):
@@ -74,6 +77,8 @@ steps: 5
 sleep: 0.01
 fail_trials: []
 nan_trials: []
+die: false
+fail_after: 0  # seconds a failing trial runs first
 
 hydra:
   mode: MULTIRUN

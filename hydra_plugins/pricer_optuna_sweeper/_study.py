@@ -192,6 +192,19 @@ def check_search_space(study: optuna.Study, suggest: Callable[[Trial], None]) ->
                                    f"too), or sweep {name} over {describe(earlier[name])}") from None
 
 
+STREAMS = "pricer_sampler_streams"  # study user attr: how many sampler streams were handed out
+
+
+def next_stream(study: optuna.Study, url: str, lock_path: Path) -> int:
+    """A number no other process of this study was given (0, 1, 2, ...): the seed of its sampler mixes
+    it in, so seeded sweeps started as the same command never draw one sequence (two commands on one
+    storage, a rerun, the n_jobs workers). Counted under the locks that guard claims."""
+    with file_lock(lock_path), database_lock(url, f"pricer: claim in {study.study_name}"):
+        stream = int(study.user_attrs.get(STREAMS, 0))
+        study.set_user_attr(STREAMS, stream + 1)
+    return stream
+
+
 def run_trials(study: optuna.Study, suggest: Callable[[Trial], None], launch: Callable[[Trial], JobReturn], *,
                url: str, n_trials: int, max_failures: float, lock_path: Path, grace_s: float,
                stop: SweepStop) -> None:
@@ -200,12 +213,15 @@ def run_trials(study: optuna.Study, suggest: Callable[[Trial], None], launch: Ca
     Waiting for other workers' running trials matters: if one of them dies, its trial is
     re-queued after the grace period and this worker runs it.
     """
+    said = 0.0  # when the last "waiting for" line was logged
     check_search_space(study, suggest)
     while failed_count(study) <= max_failures and stop.signum is None:
         trial = claim(study, suggest, url, n_trials, lock_path, grace_s)
         if trial is None:
-            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if not running:
                 return
+            said = _say_what_it_waits_for(study, running, grace_s, said)
             time.sleep(min(grace_s / 2, 10))
             continue
         if stop.signum is not None:  # came while claiming: the trial waits for the next run
@@ -220,6 +236,42 @@ def run_trials(study: optuna.Study, suggest: Callable[[Trial], None], launch: Ca
         log.error("%d trials failed, more than max_failure_rate allows: no new trials", failed_count(study))
 
 
+def _say_what_it_waits_for(study: optuna.Study, running: list[FrozenTrial], grace_s: float, said: float) -> float:
+    """Every 30 s while the budget is spent but trials run: which, and when a dead one is re-queued.
+
+    After a SIGKILL of the sweep, the same command finds the killed trial RUNNING until its heartbeat
+    is older than the grace period; without this line it would print nothing for that long."""
+    if time.monotonic() - said < 30:
+        return said
+    ages = heartbeat_ages(study)
+    for t in running:
+        age = ages.get(t._trial_id)
+        if age is None:
+            log.info("waiting for trial %d (no heartbeat yet)", t.number)
+        else:
+            log.info("waiting for trial %d: last heartbeat %.0f s ago; re-queued if none comes for %.0f s (in %.0f s at the latest)",
+                     t.number, age, grace_s, max(grace_s - age, 0))
+    return time.monotonic()
+
+
+def heartbeat_ages(study: optuna.Study) -> dict[int, float]:
+    """Seconds since each running trial's last heartbeat, by trial id, read as Optuna's stale check reads them."""
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    storage = study._storage
+    storage = getattr(storage, "_backend", storage)  # a cached storage wraps the RDB one
+    if not hasattr(storage, "scoped_session"):
+        return {}
+    with _create_scoped_session(storage.scoped_session) as session:
+        now = session.execute(sqlalchemy.func.now()).scalar().replace(tzinfo=None)
+        rows = (session.query(models.TrialHeartbeatModel.trial_id, models.TrialHeartbeatModel.heartbeat)
+                .join(models.TrialModel, models.TrialModel.trial_id == models.TrialHeartbeatModel.trial_id)
+                .filter(models.TrialModel.study_id == study._study_id, models.TrialModel.state == TrialState.RUNNING)
+                .all())
+    return {trial_id: (now - beat.replace(tzinfo=None)).total_seconds() for trial_id, beat in rows}
+
+
 def claim(study: optuna.Study, suggest: Callable[[Trial], None], url: str, n_trials: int, lock_path: Path,
           grace_s: float) -> Trial | None:
     """A new (or re-queued) trial with its params, or None when the budget is spent.
@@ -228,11 +280,19 @@ def claim(study: optuna.Study, suggest: Callable[[Trial], None], url: str, n_tri
     params (TPE's constant liar) and two workers do not draw the same point.
     """
     with file_lock(lock_path), database_lock(url, f"pricer: claim in {study.study_name}"):
+        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
         adopted = adopt_orphaned_job(study)  # a dead sweep's SLURM job runs on: wait for it, never submit it twice
         if adopted is not None:
             return adopted
         optuna.storages.fail_stale_trials(study)  # re-queues trials of dead workers
         _fail_unclaimed(study, grace_s)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if t.number not in before and FAIL_REASON not in t.user_attrs:
+                if _retries_spent(t):
+                    log.error("trial %d failed: %s", t.number, _died_reason(t))
+                else:
+                    log.warning("trial %d: its worker stopped beating (killed, or its machine lost): re-queued to resume "
+                                "from its last checkpoint", t.number)
         if used_count(study) >= n_trials:
             return None
         trial = study.ask()
@@ -300,7 +360,26 @@ def failed_count(study: optuna.Study) -> int:
 
 
 def _failed(trial: FrozenTrial) -> bool:
-    return trial.state == TrialState.FAIL and FAIL_REASON in trial.user_attrs
+    """A failure that counts (n_trials, max_failure_rate): the job failed with a reason, or its worker died
+    more often than the retry limit. A death within the limit is not one: its trial was re-queued."""
+    return trial.state == TrialState.FAIL and (FAIL_REASON in trial.user_attrs or _retries_spent(trial))
+
+
+def _retries_spent(trial: FrozenTrial) -> bool:
+    return len(optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial)) >= MAX_RETRY
+
+
+def _died_reason(trial: FrozenTrial) -> str:
+    """Why a FAIL trial without a job error failed: read from Optuna's retry history (a finished trial takes no attrs)."""
+    return (f"its worker died {len(optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial)) + 1} times "
+            f"(killed, or its machine lost), more than the retry limit {MAX_RETRY}")
+
+
+def fail_reason(trial: FrozenTrial) -> str | None:
+    """The reason a failed trial shows in the summary and pricer.compare."""
+    if trial.state != TrialState.FAIL:
+        return None
+    return trial.user_attrs.get(FAIL_REASON) or (_died_reason(trial) if _retries_spent(trial) else None)
 
 
 def _launch_guarded(study: optuna.Study, trial: Trial, launch: Callable[[Trial], JobReturn],

@@ -90,7 +90,7 @@ class PricerOptunaSweeper(Sweeper):
             return
         if self.storage is None:  # only now, so that a refused sweep leaves nothing behind
             sweep_dir.mkdir(parents=True, exist_ok=True)  # the default optuna.db lives in it
-        study, n_trials = self._open_study(url, name, space)
+        study, n_trials = self._open_study(url, name, space, sweep_dir / ".optuna.lock")
         sweep_dir.mkdir(parents=True, exist_ok=True)  # multirun.yaml, the lock file, the jobs' dirs
         if not is_worker:
             OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -101,7 +101,10 @@ class PricerOptunaSweeper(Sweeper):
         if not is_worker:
             self._write_results(sweep_dir, _study.results(study), study, url)
         failed = _study.failed_count(study)
-        if failed > self.max_failure_rate * n_trials:
+        if failed > self.max_failure_rate * n_trials and (stop.signum is not None or is_worker):
+            # stopped: the signal's exit code; a worker: its sweep process gives the verdict, once
+            log.error("%d of %d trials failed, more than max_failure_rate=%s allows", failed, n_trials, self.max_failure_rate)
+        elif failed > self.max_failure_rate * n_trials:
             raise RuntimeError(f"{failed} of {n_trials} trials failed, more than max_failure_rate="
                                f"{self.max_failure_rate} allows; reasons: `python -m pricer.compare {sweep_dir}`")
         self._exit_if_stopped(study, stop.signum, codes)
@@ -257,7 +260,10 @@ class PricerOptunaSweeper(Sweeper):
             return None
         assigned = _workers.worker_devices(self.n_jobs, self._devices(), self.gpus_per_trial)
         shared = _workers.shared_devices(assigned)
-        return [[f"hardware.memory_gib={memory / max(shared.get(d, 1) for d in worker):g}"] for worker in assigned]
+        shares = [memory / max(shared.get(d, 1) for d in worker) for worker in assigned]
+        log.info("batch=auto on shared GPUs: each worker fills its share, hardware.memory_gib=%s of %g",
+                 ", ".join(f"{share:g}" for share in shares), memory)
+        return [[f"hardware.memory_gib={share:g}"] for share in shares]
 
     def _check_direction(self, metric: str | None) -> None:
         """A study that minimises a hit rate would look for the worst runs: refuse it before any trial."""
@@ -280,15 +286,16 @@ class PricerOptunaSweeper(Sweeper):
             return os.environ[ENV_STORAGE], os.environ[ENV_STUDY]
         return study_address(sweep_dir, self.storage, self.study_name)
 
-    def _open_study(self, url: str, name: str, space: dict) -> tuple[Any, int]:
+    def _open_study(self, url: str, name: str, space: dict, lock_path: Path) -> tuple[Any, int]:
         """Create or join the study, with this process's sampler and the pruner the jobs will use."""
         from pricer.trial import PRUNER_ATTR
 
-        from . import _study, _workers
+        from . import _study
 
         study = _study.open_study(url, name, self.directions, self.heartbeat_interval, self.grace_period,
                                   self._metric_names())
-        stream = (len(study.get_trials(deepcopy=False)), int(os.environ.get(_workers.WORKER_ENV, 0)))
+        lock_path.parent.mkdir(parents=True, exist_ok=True)  # the study opened: the sweep is not refused
+        stream = _study.next_stream(study, url, lock_path)
         study.sampler, n_trials = self._sampler(space, stream)
         pruner_spec = OmegaConf.to_container(self.pruner_cfg, resolve=True)
         study.pruner = instantiate(pruner_spec)  # a bad pruner key fails here, not in every job
@@ -339,12 +346,13 @@ class PricerOptunaSweeper(Sweeper):
                 future.result()
         return []
 
-    def _sampler(self, space: dict, stream: tuple[int, int]) -> tuple[Any, int]:
+    def _sampler(self, space: dict, stream: int) -> tuple[Any, int]:
         """The sampler, and n_trials (a grid caps it at its size).
 
-        A seeded sampler restarted on a resumed study, or started in a second worker,
-        would draw the same params again: `stream` (trials so far, worker index) is mixed
-        into the seed, so every process draws its own reproducible sequence. Not for a grid:
+        A seeded sampler restarted on a resumed study, started in a second worker, or by the
+        same command run twice on one storage would draw the same params again: `stream`, a
+        number the study hands each process once (_study.next_stream), is mixed into the seed,
+        so no two processes draw one sequence, by construction. Not for a grid:
         GridSampler gives trial number i the i-th point of the grid shuffled by its seed, so
         every worker must shuffle with the same seed or two trials get one point and another
         point none.
@@ -356,8 +364,8 @@ class PricerOptunaSweeper(Sweeper):
         kwargs: dict[str, Any] = {}
         seed = self.sampler_cfg.get("seed")
         grid_sampler = str(self.sampler_cfg.get("_target_", "")).endswith("GridSampler")
-        if seed is not None and any(stream) and not grid_sampler:
-            kwargs["seed"] = int(np.random.SeedSequence([seed, *stream]).generate_state(1)[0])
+        if seed is not None and stream and not grid_sampler:  # stream 0, the study's first process: the seed as given
+            kwargs["seed"] = int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
         if not grid_sampler:
             return instantiate(self.sampler_cfg, **kwargs), self.n_trials
         grid = _space.grid(space)
