@@ -20,6 +20,13 @@ BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 class CheckJobConfigs(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from pricer.config import ConfigError, check_repeated_overrides
+
+        try:  # `lora=r8 lora=r64`: either sweeper keeps the last silently
+            check_repeated_overrides(list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False)))
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
         if OmegaConf.select(config, "hydra.sweeper._target_") != BASIC_SWEEPER:
             return  # the pricer_optuna sweeper checks its own search space (and its workers run checked jobs)
         jobs = job_overrides(config)

@@ -71,6 +71,15 @@ def claimed_name(run_dir: Path) -> str | None:
     return mine[0].name if mine else None
 
 
+def release_unclaimed(run_dir: Path) -> None:
+    """Give back the name of a run dir this process claimed and then removed unused (bad input, or a signal
+    before the run was claimed): its `.run_names` marker would hold the name forever, for no run."""
+    for root, mine in list(_claimed.items()):
+        if mine.resolve() == run_dir.resolve() and not mine.exists():
+            (Path(root) / ".run_names" / mine.name).unlink(missing_ok=True)
+            del _claimed[root]
+
+
 def timestamp_name(start: datetime) -> str:
     return start.strftime(RUN_NAME_FORMAT)
 

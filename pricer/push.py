@@ -29,6 +29,10 @@ T = TypeVar("T")
 CHECKPOINT_FILES = ["adapter_config.json", "adapter_model.safetensors", "trainer_state.json", "tokenizer*"]
 
 
+class PushFailed(RuntimeError):
+    """A push that failed for good: the run's files stay on disk, and `python -m pricer.push RUN_DIR` finishes it."""
+
+
 def can_succeed_later(err: Exception) -> bool:
     """A rate limit (429), the Hub's own trouble (5xx, 408) or a dropped connection can pass on a
     retry; a bad or missing token (401, 403), a missing repo (404) or a refused name fail the same
@@ -113,8 +117,23 @@ class CheckpointPusher:
         self.run_dir, self.repo_id, self.private, self.keep = run_dir, repo_id, private, keep
         self.attempts, self.wait_s = attempts, wait_s
         self.todo: queue.Queue[Path | None] = queue.Queue()
+        for checkpoint in self._left_unpushed():  # an earlier attempt's: first, in order, then this run's saves
+            self.todo.put(checkpoint)
         self.worker = threading.Thread(target=self._work, name="pricer-push", daemon=True)
         self.worker.start()
+
+    def _left_unpushed(self) -> list[Path]:
+        """Complete checkpoints an earlier attempt of this run saved but did not push (the Hub was down, or the
+        process died first). Nothing else queues them again, and rotation keeps an unpushed checkpoint forever."""
+        from pricer.distributed import is_main
+
+        if not self.repo_id or not is_main():
+            return []
+        done = pushed_steps(self.run_dir)
+        left = [c for c in complete_checkpoints(self.run_dir / "checkpoints") if checkpoint_step(c) not in done]
+        if left:
+            log.info("pushing %s, saved by an earlier attempt but not pushed", ", ".join(c.name for c in left))
+        return left
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
@@ -165,7 +184,28 @@ def push_pending(run_dir: Path, attempts: int, wait_s: float) -> list[str]:
             failed.append("adapter")
     if failed:
         raise SystemExit(f"error: could not push {', '.join(failed)} to {repo_id}: they stay in {run_dir}, try again")
+    record_finished(run_dir)
     return done
+
+
+def record_finished(run_dir: Path) -> None:
+    """A run whose final push this command completed is finished: its run.json said `running` (the process
+    died mid-push) or `failed` (the push failed for good), and resume=auto would score and push it again.
+    Only a run that scored and wrote its card (adapter/metrics.json, README.md); a run that a live process
+    still owns is left to it (write_run refuses to write over its owner)."""
+    from pricer.resume import write_run
+
+    meta = read_run(run_dir)
+    if not meta.get("final_pushed") or meta.get("status") in ("finished", "pruned"):
+        return
+    if not all((run_dir / "adapter" / name).is_file() for name in ("metrics.json", "README.md")):
+        return  # it never got to publish: resuming it scores and publishes
+    try:
+        write_run(run_dir, status="finished")
+    except ValueError as err:  # owned by a live process, which records its own status when it ends
+        log.info("%s: not recorded as finished: %s", run_dir, err)
+        return
+    log.info("%s: recorded as finished (was %s)", run_dir, meta.get("status"))
 
 
 def _bad_args(run_dir: Path, attempts: int | None, wait_s: float | None) -> str | None:

@@ -7,9 +7,12 @@ starts a fresh run instead of appending to this one. Under torchrun only rank 0 
 the others get `report_to=[]` and every call here does nothing on them.
 """
 
+import contextlib
 import hashlib
+import io
 import logging
 import os
+import sys
 from typing import Any
 
 from pricer.distributed import is_main
@@ -17,10 +20,72 @@ from pricer.logs import masked_url
 
 log = logging.getLogger(__name__)
 
+# W&B refuses these in a project name (wandb.Settings.validate_project), after the model load
+PROJECT_FORBIDDEN = "/\\#?%:"
+PROJECT_MAX = 128
+OFFLINE_NOTICE = "[INFO] Running in WANDB offline mode"
 # W&B's job_type, the runs table's first filter: a single run, a sweep trial, a re-scoring, a sweep's summary
 JOB_TYPES = ("train", "trial", "evaluate", "sweep")
 TAG_MAX = 64  # W&B refuses a longer tag (wandb.Settings.validate_run_tags)
 NOT_PRESETS = ("local",)  # conf/local/default.yaml: the user's own overrides, listed among the choices even when absent
+
+
+def project_problem(project: Any) -> str | None:
+    """Why W&B would refuse this project name, or None."""
+    if not isinstance(project, str) or not project:
+        return "is empty"
+    found = "".join(sorted({ch for ch in project if ch in PROJECT_FORBIDDEN}))
+    if found:
+        return f"holds {found!r} (W&B project names cannot hold any of {PROJECT_FORBIDDEN})"
+    return f"is longer than {PROJECT_MAX} characters" if len(project) > PROJECT_MAX else None
+
+
+def preflight(backend: str, timeout_s: float = 10.0) -> str | None:
+    """What keeps W&B from starting this run, checked before the model loads, or None.
+
+    wandb.init finds out only after the load: without a key and a terminal to ask for one
+    (UsageError), or with a server it cannot reach (CommError after 120 s). Here: the mode as
+    W&B resolves it (WANDB_MODE, `wandb offline`), a key for its server (WANDB_API_KEY, ~/.netrc,
+    `wandb login`), and one HTTP request to the server."""
+    if backend != "wandb" or not is_main():
+        return None
+    import requests
+    from wandb.errors import AuthenticationError
+    from wandb.sdk import wandb_setup
+    from wandb.sdk.lib.wbauth import authenticate_session
+
+    settings = wandb_setup.singleton().settings
+    if settings.mode in ("offline", "dryrun", "disabled"):
+        return None
+    base_url = settings.base_url
+    try:
+        auth = authenticate_session(host=base_url, source="pricer", prompt=False, update_session=False)
+    except AuthenticationError as err:
+        return f"W&B's key for {base_url} is malformed ({err}): set WANDB_API_KEY, or pass tracking=none"
+    if auth is None and not sys.stdin.isatty():
+        return (f"tracking=wandb needs a W&B key for {base_url} and there is no terminal to ask for one: set WANDB_API_KEY "
+                "(or run `wandb login`), or pass tracking=none, or set WANDB_MODE=offline")
+    try:
+        requests.get(base_url, timeout=timeout_s, allow_redirects=False)
+    except requests.RequestException as err:
+        return (f"tracking=wandb cannot reach the W&B server {base_url} ({type(err).__name__}): check the network or "
+                "WANDB_BASE_URL, or set WANDB_MODE=offline (sync later with `wandb sync`), or pass tracking=none")
+    return None
+
+
+def import_trainer_integrations() -> None:
+    """Import transformers' tracker integrations without their import-time print.
+
+    transformers prints "[INFO] Running in WANDB offline mode" on stdout whenever WANDB_MODE=offline is
+    set, when the Trainer is first imported, whatever tracker the run uses (tracking=none too). pricer
+    says which tracker a run uses itself; every other line of that import is printed as it was."""
+    if "transformers.integrations.integration_utils" in sys.modules:
+        return
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        import transformers.integrations.integration_utils  # noqa: F401
+    sys.stdout.write("".join(line for line in captured.getvalue().splitlines(keepends=True)
+                             if line.rstrip("\n") != OFFLINE_NOTICE))
 
 
 def start(

@@ -6,7 +6,10 @@ loading anything; what needs a fresh process or trains runs as a subprocess and 
 """
 
 import json
+import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -231,3 +234,100 @@ def test_a_multirun_checks_every_job_before_the_first(tmp_path: Path, monkeypatc
     one_error_line(out, "job 1 of 2 (")
     assert "lora.lora_dropout='abc' must be a number" in out.stderr and "no job was started" in out.stderr
     assert not (tmp_path / "sweeps").exists() and not (tmp_path / "runs").exists()
+
+
+# -- W&B: what wandb.init needs, checked before the model loads -----------------------------------------------------
+
+
+def test_a_wandb_project_with_a_path_in_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture) -> None:
+    """`tracking.project=../../evil/x`: wandb.init's UsageError came after the model load."""
+    out = run_cli_in_process([*DEMO, "tracking=wandb", "tracking.project=../../evil/x", f"output_root={tmp_path}"],
+                             monkeypatch, capsys)
+    one_error_line(out, "tracking.project='../../evil/x' holds '/' (W&B project names cannot hold any of")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:  # bound, then closed: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+WANDB_ONLINE = {"WANDB_MODE": "online", "WANDB_SILENT": "true"}
+
+
+@pytest.mark.slow  # a CLI subprocess: W&B resolves its settings (WANDB_MODE) once per process
+@pytest.mark.parametrize(("env", "message"), [
+    ({"WANDB_API_KEY": "0123456789abcdef0123456789abcdef01234567"}, "tracking=wandb cannot reach the W&B server"),
+    ({}, "tracking=wandb needs a W&B key for"),
+], ids=["unreachable-server", "no-key-no-terminal"])
+def test_wandb_online_that_cannot_start_is_refused_before_the_model_loads(tmp_path: Path, env: dict, message: str) -> None:
+    """An unreachable server (a CommError after 120 s, after the model load, run left failed) or no key and no
+    terminal (UsageError after the load): one line within seconds, before anything loads."""
+    home = tmp_path / "home"  # no ~/.netrc, no `wandb login` of the machine running the tests
+    home.mkdir()
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "pricer.train", *DEMO, "tracking=wandb", f"output_root={tmp_path / 'out'}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+                         env={**os.environ, **WANDB_ONLINE, "HOME": str(home), "WANDB_CONFIG_DIR": str(home / ".config"),
+                              "WANDB_BASE_URL": f"http://127.0.0.1:{closed_port()}", **env})
+    line = one_error_line(out, message)
+    assert "WANDB_MODE=offline" in line and "tracking=none" in line
+    assert "Loading weights" not in out.stdout + out.stderr
+    assert time.monotonic() - started < 60
+    assert "0123456789abcdef" not in out.stdout + out.stderr  # the key is never shown
+    assert not (tmp_path / "out" / "runs").exists() or not any((tmp_path / "out" / "runs").iterdir())
+
+
+# -- item 5: clear words ------------------------------------------------------------------------------------------
+
+
+def test_hub_push_while_offline_names_hf_hub_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """It retried the account lookup 5 times (~30 s), then advised hub.hf_user without naming HF_HUB_OFFLINE."""
+    monkeypatch.setenv("HF_TOKEN", "hf_a_token_that_is_never_used_0123456789")
+    started = time.monotonic()
+    out = run_cli_in_process([*DEMO, "hub.push=true", f"output_root={tmp_path}"], monkeypatch, capsys)
+    line = one_error_line(out, "hub.push=true, but HF_HUB_OFFLINE=1 is set")
+    assert "hub.push=false" in line and "hf_a_token" not in out.stdout + out.stderr
+    assert time.monotonic() - started < 20
+
+
+def test_a_group_given_twice_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """`lora=r8 lora=r64` trained with r64 without a word, and left a run dir and a name marker."""
+    out = run_cli_in_process([*DEMO, "lora=r8", "lora=r64", f"output_root={tmp_path}"], monkeypatch, capsys)
+    one_error_line(out, "lora is given twice (lora=r8, lora=r64)")
+    assert files_under(tmp_path) == {}, "no run dir, no .run_names marker"
+
+
+def test_an_unknown_key_leaves_no_name_marker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture) -> None:
+    """The run dir was dropped, but its `.run_names/NAME` marker stayed, holding the name for no run."""
+    out = run_cli_in_process([*DEMO, "+lerning_rate=0.1", f"output_root={tmp_path}"], monkeypatch, capsys)
+    one_error_line(out, "lerning_rate is not a known key")
+    assert files_under(tmp_path) == {}
+
+
+@pytest.mark.slow  # a CLI subprocess, signalled
+def test_sigterm_before_the_claim_leaves_nothing(tmp_path: Path) -> None:
+    """SIGTERM a few seconds after start (still importing and validating) killed the process outright: runs/NAME/
+    without run.json, and a `.run_names` marker. Now: one line, exit 143, nothing left."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "pricer.train", *DEMO, f"output_root={tmp_path}"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("runs/*/.hydra/config.yaml")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # Hydra made the run dir: main() starts now
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert [line for line in stderr.splitlines() if line.startswith("error:")] == [
+        "error: interrupted by SIGTERM outside training: its last checkpoint stands, rerun the same command with "
+        "resume=auto to continue"]
+    assert files_under(tmp_path) == {}, "no run dir, no .run_names marker"
