@@ -111,6 +111,14 @@ def load_for_run(model: dict[str, Any], quant: dict[str, Any], compute_dtype: st
         from pricer import speed
 
         speed.apply_liger(accelerator)
+    if accelerator == "cuda":
+        # One attention kernel family for training and for every scoring of the run, here or in a later
+        # pricer.evaluate: SDPA's cuDNN backend spent ~2 ms of CPU per layer call planning each new batch
+        # shape (BENCHMARKS.md), and a process that kept it scored near-tied prices differently from
+        # the training process, which did not (a re-scored run must reproduce its own report).
+        import torch
+
+        torch.backends.cuda.enable_cudnn_sdp(False)
     base = load_model(path, model["revision"], model["trust_remote_code"], model["attn_implementation"], quant or {},
                       compute_dtype, accelerator, tokenizer.pad_token_id)
     if adapter is None:
