@@ -6,6 +6,8 @@ final commit of the adapter, tokenizer and a model card with the resolved config
 the metrics. Tokens come from the environment only and are never written here.
 """
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +63,8 @@ CARD_TEMPLATE = """---
 
 # {{ title }}
 
-A LoRA adapter for [{{ base_model }}](https://huggingface.co/{{ base_model }}) trained by
-pricer (QLoRA with TRL, composed with Hydra) to read a product description and answer its price
-(`Price is $...`). Run `{{ run_name }}`, dataset `{{ dataset }}`.
+A LoRA adapter for {{ base_model }} trained by pricer (QLoRA with TRL, composed with Hydra) to read a
+product description and answer its price (`Price is $...`). Run {{ run_name }}, dataset {{ dataset }}.
 
 ## Metrics
 
@@ -73,26 +74,52 @@ pricer (QLoRA with TRL, composed with Hydra) to read a product description and a
 
 ## Resolved config
 
-```yaml
+{{ fence }}yaml
 {{ config_yaml }}
-```
+{{ fence }}
 """
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def _longest_run(text: str, char: str) -> int:
+    return max((len(run) for run in re.findall(f"{re.escape(char)}+", text)), default=0)
+
+
+def code_span(value: Any) -> str:
+    """A value as inline code that cannot change the card's structure: on one line (newlines written as
+    \\n, as JSON writes them), fenced by more backticks than it holds, `|` escaped for table cells. Inside
+    code, HTML and Markdown are text."""
+    text = json.dumps(str(value), ensure_ascii=False)[1:-1].replace("|", "\\|")
+    fence = "`" * (_longest_run(text, "`") + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def code_fence(text: str) -> str:
+    """A fence longer than any backtick run in `text`: no line of it can close the block early (CommonMark
+    closes a fence only with at least as many backticks, indented by up to 3 spaces, as YAML does)."""
+    return "`" * max(3, _longest_run(text, "`") + 1)
 
 
 def model_card(
     repo_id: str, base_model: str, dataset: str, run_name: str, config_yaml: str, metrics: dict[str, Any]
 ) -> str:
     """A model card: Hub metadata up top (huggingface_hub's ModelCardData writes the YAML the Hub
-    validates), then what a reader needs to reproduce the run."""
+    validates), then what a reader needs to reproduce the run. Every value from the config goes in as
+    code (a span, or the fenced block), so none can add a heading, HTML or a link to the card."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    rows = "\n".join(f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
-                     for key, value in metrics.items())
+    rows = "\n".join(f"| {code_span(key)} | {value:.4g} |" if isinstance(value, float) else
+                     f"| {code_span(key)} | {code_span(value)} |" for key, value in metrics.items())
+    base = code_span(base_model)
+    if _REPO_ID.match(base_model) and "/" in base_model:  # a Hub model id: link it; a local path is code only
+        base = f"[{base}](https://huggingface.co/{base_model})"
     data = ModelCardData(base_model=base_model, library_name="peft", pipeline_tag="text-generation",
                          tags=["pricer", "qlora", "lora", "trl", "sft"], datasets=[dataset])
+    config_yaml = config_yaml.rstrip()
     card = ModelCard.from_template(data, template_str=CARD_TEMPLATE, title=repo_id.split("/")[-1],
-                                   base_model=base_model, run_name=run_name, dataset=dataset, rows=rows,
-                                   config_yaml=config_yaml.rstrip())
+                                   base_model=base, run_name=code_span(run_name), dataset=code_span(dataset), rows=rows,
+                                   fence=code_fence(config_yaml), config_yaml=config_yaml)
     return str(card)
 
 
