@@ -141,3 +141,72 @@ def test_a_trial_its_run_dir_wandb_run_and_hub_repo_point_at_each_other(tmp_path
     run = wandb_run(run_dir)
     assert run["job_type"] == "train" and run["config"]["trial"] is None and not run["group"]
     assert {"experiment=demo", "lora=r8", "hardware=cpu", "model=tiny"} <= set(run["tags"])
+
+
+MULTI_APP = '''
+import hydra
+
+
+@hydra.main(version_base="1.3", config_path=".", config_name="multi")
+def main(cfg):
+    return [(cfg.x - 0.3) ** 2, cfg.x]  # an error to minimise, a score to maximise
+
+
+if __name__ == "__main__":
+    main()
+'''
+MULTI_CONFIG = """
+defaults:
+  - override hydra/sweeper: pricer_optuna
+  - _self_
+
+x: 0.0
+optimized_metric: [val/error, val/score]
+
+hydra:
+  mode: MULTIRUN
+  sweep:
+    dir: sweep
+  sweeper:
+    study_name: multi
+    direction: [minimize, maximize]
+    n_trials: 3
+    params:
+      x: interval(0.0, 1.0)
+"""
+
+
+@pytest.mark.slow  # a sweep of another Hydra app, as a CLI subprocess
+def test_a_multi_objective_study_names_each_objective(tmp_path: Path, capsys) -> None:
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "multi.py").write_text(MULTI_APP)
+    (tmp_path / "multi.yaml").write_text(MULTI_CONFIG)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRICER_OPTUNA_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "multi.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    url = f"sqlite:///{tmp_path / 'sweep' / 'optuna.db'}"
+    assert optuna.load_study(study_name="multi", storage=url).metric_names == ["val/error", "val/score"]
+    capsys.readouterr()
+    assert compare.main([url, "--json"]) == 0
+    written = json.loads(capsys.readouterr().out)
+    assert written["objectives"] == [{"name": "val/error", "direction": "minimize"}, {"name": "val/score", "direction": "maximize"}]
+    assert written["best"] and all(set(b["values"]) == {"val/error", "val/score"} for b in written["best"])  # the Pareto front
+
+
+def test_a_study_that_optimises_another_metric_is_refused(tmp_path: Path) -> None:
+    """Rerunning a sweep on a study whose results measured another objective would plot two metrics on one axis."""
+    from hydra_plugins.pricer_optuna_sweeper import _study
+    from hydra_plugins.pricer_optuna_sweeper._space import SweepConfigError
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = _study.open_study(url, "s", ["minimize"], 60, None, ["val/rmsle"])
+    assert study.metric_names == ["val/rmsle"]
+    study.add_trial(optuna.trial.create_trial(value=0.5))
+    assert _study.open_study(url, "s", ["minimize"], 60, None, ["val/rmsle"]).metric_names == ["val/rmsle"]
+    with pytest.raises(SweepConfigError, match=r"study s in sqlite:///.* optimises val/rmsle, this sweep val/price_error: "
+                                               r"set hydra.sweeper.study_name to a new name, or optimized_metric=val/rmsle"):
+        _study.open_study(url, "s", ["minimize"], 60, None, ["val/price_error"])
