@@ -17,8 +17,6 @@ import logging
 import math
 from collections.abc import Callable
 
-from pricer.modeling import unwrap_peft
-
 log = logging.getLogger("pricer")
 GIB = 2**30
 
@@ -90,7 +88,7 @@ def causal_mask_only(model, accelerator: str) -> None:
     batch 80: the GPU sat idle ~20 % of the step). In eval mode the mask is kept:
     generation pads on the left.
     """
-    base = unwrap_peft(model)
+    base = model.get_base_model()  # peft's LoRA layers live in the base model's own modules
 
     def drop_padding_mask(module, args, kwargs):
         if module.training and kwargs.get("attention_mask") is not None:
@@ -117,7 +115,7 @@ def compile_layers(model, backend: str = "inductor") -> int:
     graph. (Tried and dropped: skipping dynamo's module guards, 0.222 s; CUDA graphs of
     the layers, mode="reduce-overhead", crashed with bitsandbytes inside.)
     """
-    base = unwrap_peft(model)
+    base = model.get_base_model()  # peft's LoRA layers live in the base model's own modules
     layers = base.model.layers
     for layer in layers:
         layer.compile(backend=backend, dynamic=True)
