@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, compose_train, run_cli_in_process
+from conftest import ROOT, compose_train, run_cli, run_cli_in_process
 from omegaconf import OmegaConf
 
 from pricer import PACKAGE_DIR
@@ -331,3 +331,84 @@ def test_sigterm_before_the_claim_leaves_nothing(tmp_path: Path) -> None:
         "error: interrupted by SIGTERM outside training: its last checkpoint stands, rerun the same command with "
         "resume=auto to continue"]
     assert files_under(tmp_path) == {}, "no run dir, no .run_names marker"
+
+
+# -- pushes: a failed final push, and checkpoints an earlier attempt could not push ----------------------------------
+
+HUB_RUN = [*DEMO, "evaluation.test_items=10", "hub.push=true", "hub.push_attempts=1", "hub.push_wait_s=0.05"]
+
+
+def pricer_push(run_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pricer.push", str(run_dir)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.slow  # trains, and pushes to the Hub stand-in
+def test_a_failed_final_push_exits_non_zero_and_pricer_push_finishes_the_run(tmp_path: Path, hub_stand_in) -> None:
+    """It exited 0 after "final push failed"; and after `pricer.push` completed the push, run.json still said
+    failed or running, so resume=auto would score and push the run again. (403: neither pricer nor
+    huggingface_hub retries it, so one fault fails the final commit.)"""
+    hub_stand_in.fault_match, hub_stand_in.fail_first_n, hub_stand_in.fail_status = "/commit/", 1, 403
+    run_dir = tmp_path / "run"
+    out = run_cli([*HUB_RUN, "hub.hub_strategy=end", "training.max_steps=4", "training.save_steps=4",
+                   f"hydra.run.dir={run_dir}", f"output_root={tmp_path}"], env={"HF_HUB_OFFLINE": "0"})
+    line = one_error_line(out, "the final push to pricer-tester/pricer-", code=1)
+    assert f"finish it with `python -m pricer.push {run_dir}`" in line
+    assert (run_dir / "adapter" / "adapter_model.safetensors").exists(), "the run's files are kept"
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+    push = pricer_push(run_dir)
+    assert push.returncode == 0, push.stderr[-2000:]
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["final_pushed"] is True and meta["status"] == "finished"  # resume=auto leaves it alone
+    (repo_id,) = hub_stand_in.repos
+    assert hub_stand_in.files(repo_id)["adapter_model.safetensors"] == (run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
+
+
+@pytest.mark.slow  # trains twice, signalled, pushing to the Hub stand-in
+def test_a_resumed_run_pushes_the_checkpoints_an_earlier_attempt_could_not(tmp_path: Path, hub_stand_in) -> None:
+    """checkpoint-8's push fails (403, one attempt), the run is stopped by SIGTERM, then resumed with the Hub back:
+    the resumed run never queued checkpoint-8 again (and rotation kept it forever, unpushed)."""
+    import signal
+
+    hub_stand_in.fault_match, hub_stand_in.fail_first_n, hub_stand_in.fail_status = "/commit/", 1, 403
+    run_dir = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "pricer.train", *HUB_RUN, "training.max_steps=400", "training.save_steps=8",
+                              "training.save_total_limit=1", f"hydra.run.dir={run_dir}", f"output_root={tmp_path}"],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while hub_stand_in.fail_first_n and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.1)  # until checkpoint-8's push has failed
+    first.send_signal(signal.SIGTERM)
+    _, stderr = first.communicate(timeout=240)
+    assert first.returncode == 143, stderr[-3000:]
+    assert 8 not in json.loads((run_dir / "pushed.json").read_text())
+    last = max(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("checkpoint-*"))
+    resumed = run_cli([*HUB_RUN, f"training.max_steps={last + 2}", "training.save_steps=8", "training.save_total_limit=1",
+                       f"resume={run_dir}", f"output_root={tmp_path}"], env={"HF_HUB_OFFLINE": "0"})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert 8 in json.loads((run_dir / "pushed.json").read_text())
+    (repo_id,) = hub_stand_in.repos
+    assert "Training in progress, step 8" in [c.message for c in hub_stand_in.commits(repo_id)]
+    assert not (run_dir / "checkpoints" / "checkpoint-8").exists(), "pushed, so rotation removed it"
+
+
+def test_pricer_push_that_completes_a_killed_final_push_records_the_run_finished(tmp_path: Path, hub_stand_in,
+                                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                                  capsys: pytest.CaptureFixture) -> None:
+    """A run killed during its final push (SIGKILL: run.json still `running`, its pid gone): `pricer.push` pushed the
+    adapter, but run.json kept `running`, so resume=auto took the run up again, scored it and pushed it again."""
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run = saved_run(tmp_path / "run", ["hub.push=true"], {
+        "run_name": "2024-09-13_13.04.39", "project_run_name": "pricer-2024-09-13_13.04.39", "status": "running",
+        "repo_id": "pricer-tester/pricer-2024-09-13_13.04.39", "private": True, "overrides": [], "pid": dead.pid,
+        "host": socket.gethostname(), "trained": {"train_steps": 4}})
+    for name, content in (("adapter_model.safetensors", b"weights"), ("README.md", b"---\nlibrary_name: peft\n---\n# card\n"), ("metrics.json", b"{}")):
+        (run / "adapter" / name).write_bytes(content)
+    out = run_cli_in_process([str(run)], monkeypatch, capsys, module="pricer.push")
+    assert out.returncode == 0, out.stderr[-2000:]
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["final_pushed"] is True and meta["status"] == "finished"
+    assert hub_stand_in.files("pricer-tester/pricer-2024-09-13_13.04.39")["adapter_model.safetensors"] == b"weights"
