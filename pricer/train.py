@@ -67,7 +67,8 @@ def train(cfg: DictConfig) -> float:
             "run_name": claim.run_name, "hub_repo": claim.repo_id, "trial": trial.current_trial_info()}
         report_to = tracking.start(run.tracking["backend"], run.tracking.get("project", run.project),
                                    claim.project_run_name, claim.group, tracked_config, str(run_dir), claim.wandb_id,
-                                   run.tracking.get("entity"), run.tracking.get("tags"))
+                                   run.tracking.get("entity"), tracking.preset_tags(choices, run.tracking.get("tags")),
+                                   job_type="trial" if tracked_config["trial"] else "train")
         keeper = fit.CheckpointKeeper(run_dir, claim.repo_id if run.hub["hub_strategy"] == "every_save" else None,
                                       run.hub["private"], run.sft["save_total_limit"], run.hub["push_attempts"],
                                       run.hub["push_wait_s"])
