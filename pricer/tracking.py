@@ -136,7 +136,7 @@ def preset_tags(choices: dict[str, Any], extra: list[str] | None = None) -> list
     user's tracking.tags; Hydra's own groups left out. W&B filters and groups runs by tag."""
     tags = [f"{group}={choice}" for group, choice in choices.items()
             if choice is not None and not group.startswith("hydra/") and group not in NOT_PRESETS]
-    return [tag[:TAG_MAX] for tag in dict.fromkeys([*tags, *(extra or [])])]
+    return [str(tag)[:TAG_MAX] for tag in dict.fromkeys([*tags, *(extra or [])])]
 
 
 def sweep_summary(backend: str, project: str, entity: str | None, group: str, sweep_dir: str, config: dict[str, Any],

@@ -210,3 +210,21 @@ def test_a_study_that_optimises_another_metric_is_refused(tmp_path: Path) -> Non
     with pytest.raises(SweepConfigError, match=r"study s in sqlite:///.* optimises val/rmsle, this sweep val/price_error: "
                                                r"set hydra.sweeper.study_name to a new name, or optimized_metric=val/rmsle"):
         _study.open_study(url, "s", ["minimize"], 60, None, ["val/price_error"])
+
+
+@pytest.mark.slow  # wandb.init starts W&B's local service process
+def test_a_trials_wandb_config_names_its_storage_without_the_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import wandb
+
+    from pricer import tracking
+    from pricer.trial import ENV_STORAGE
+
+    monkeypatch.setenv(ENV_STORAGE, "postgresql+psycopg2://sweeper:s3cret-pw@dbhost:5432/pricer")
+    assert tracking.start("wandb", "pricer-test", "pricer-x", "sweep-x", {"trial": {"number": 4, "study_name": "tpe"}},
+                          str(tmp_path), "trialrun4", tags=["lora=r8"], job_type="trial") == ["wandb"]
+    tracking.finish("wandb", "finished")
+    wandb.teardown()  # W&B's service process may still be writing the run's file when finish returns: stop it
+    run = wandb_run(tmp_path)
+    assert run["job_type"] == "trial" and run["tags"] == ["lora=r8"]
+    assert run["config"]["trial"] == {"number": 4, "study_name": "tpe", "storage": "postgresql+psycopg2://sweeper:***@dbhost:5432/pricer"}
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and b"s3cret-pw" in p.read_bytes()]
