@@ -63,6 +63,29 @@ def test_two_gpus_per_trial_run_every_trial_as_one_run_of_two_ranks(tmp_path: Pa
         assert trial.value == pytest.approx(scores["val/price_error"])
 
 
+@pytest.mark.slow  # a sweep: a worker of 2 torchrun ranks trains 2 trials until they are pruned
+def test_a_pruned_trial_of_two_ranks_stops_on_both_at_its_step(tmp_path: Path, tiny_model_dir) -> None:
+    """Every rank stops at the step the trial was pruned at: a rank that trained on would wait in its next
+    all-reduce for one that stopped, and the worker would hang. A threshold no score meets prunes every
+    trial at its first report (a config group of the test's own, found through hydra.searchpath)."""
+    pruners = tmp_path / "conf" / "hydra" / "sweeper" / "pruner"
+    pruners.mkdir(parents=True)
+    (pruners / "threshold.yaml").write_text("_target_: optuna.pruners.ThresholdPruner\nupper: 1.0\n")
+    out = run_cli(["experiment=demo", "sweep=demo", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+                   "hydra/sweeper/pruner=threshold", "hydra.sweeper.n_trials=2", "hydra.sweeper.gpus_per_trial=2",
+                   "training.max_steps=6", "training.logging_steps=2", "evaluation.eval_steps=2", "evaluation.val_items=20",
+                   "evaluation.test_items=10", f"output_root={tmp_path / 'out'}"], timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    sweep_dir = tmp_path / "out" / "sweeps" / "demo"
+    trials = optuna.load_study(study_name="demo", storage=f"sqlite:///{sweep_dir / 'optuna.db'}").get_trials()
+    assert [(t.state, t.user_attrs["pruned_at_step"], list(t.intermediate_values)) for t in trials] == [
+        (TrialState.PRUNED, 2, [2])] * 2
+    for trial in trials:
+        run_dir = sweep_dir / str(trial.number)
+        assert json.loads((run_dir / "run.json").read_text())["status"] == "pruned"
+        assert "x 2 devices" in (run_dir / "rank1" / "train.log").read_text()
+
+
 @pytest.mark.slow  # a sweep whose trial is a submitit job of 2 tasks (submitit's local executor)
 def test_a_launcher_job_of_two_tasks_is_one_run_of_two_ranks(tmp_path: Path, tiny_model_dir) -> None:
     """Where a launcher runs the jobs (SLURM), a trial is one job of k tasks and the ranks come from the
@@ -83,6 +106,21 @@ def test_a_launcher_job_of_two_tasks_is_one_run_of_two_ranks(tmp_path: Path, tin
     log = (sweep_dir / "0" / "train.log").read_text()  # the job's two tasks share its Hydra dir and log
     assert log.count("effective batch 16 = 8 per device x 1 accumulation x 2 devices") == 2
     assert log.count(f"run {meta['project_run_name']} -> {sweep_dir / '0'} ") == 2
+
+
+@pytest.mark.slow  # a sweep of 2 worker processes (their trials fail at once: no CUDA here)
+def test_workers_sharing_a_gpu_with_batch_auto_each_fill_their_share_of_it(tmp_path: Path) -> None:
+    """batch=auto fills hardware.memory_gib of the card less 10 %: two workers on one card would each
+    plan for the whole of it. Each gets memory_gib / 2 as its own setting (here its trials then fail at
+    validation, as hardware=h100 on a machine without CUDA must)."""
+    out = run_cli(["experiment=demo", "sweep=tpe", "hydra.sweeper.n_jobs=2", "hydra.sweeper.devices=[0,0]", "hardware=h100",
+                   "hardware.per_device_train_batch_size=auto", "hydra.sweeper.n_trials=2", "hydra.sweeper.max_failure_rate=1",
+                   f"output_root={tmp_path}"], timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "each worker fills its share, hardware.memory_gib=40, 40 of 80" in out.stdout
+    trials = optuna.load_study(study_name="tpe", storage=f"sqlite:///{tmp_path / 'sweeps' / 'tpe' / 'optuna.db'}").get_trials()
+    assert [t.user_attrs["hardware.memory_gib"] for t in trials] == ["40", "40"]  # the setting each worker's jobs ran with
+    assert all("needs a CUDA GPU" in t.user_attrs["fail_reason"] for t in trials)
 
 
 REFUSED = [  # python -m pricer.train sweep=tpe output_root={tmp} ...: refused before any trial, on CPU

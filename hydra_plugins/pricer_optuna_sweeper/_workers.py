@@ -91,8 +91,9 @@ def run_workers(n_jobs: int, devices: list[str], overrides: list[str], stop: Swe
     signal to any thread of this process, so blocking it here would not hold it back).
     """
     assigned = worker_devices(n_jobs, devices, ranks)
-    if shared_devices(assigned):
-        log.warning("%d workers of %d ranks on %d GPUs: some GPUs run two ranks at once", n_jobs, ranks, len(devices))
+    if shared := shared_devices(assigned):
+        log.warning("%d workers x %d ranks on %d GPUs: GPU %s runs several at once", n_jobs, ranks, len(set(devices)),
+                    ", ".join(shared))
     procs: list[subprocess.Popen] = []
     received: list[int] = []  # every signal so far, in order
     sent: dict[int, int] = {}  # worker pid -> how many of `received` it was sent
