@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 PROMPT_END = "Price is $"
+PROMPT_TAIL = "\n\nPrice is $"  # what a cut prompt keeps at its end, in training as in evaluation (pricer.predict)
+CUT_MARGIN = 2  # tokens left free: the two decoded pieces of a cut prompt may tokenize a token longer when rejoined
 MAX_PRICE = 1e9  # no product costs more; a larger value is a unit or parsing slip that would swamp every mean
 
 
@@ -159,3 +161,38 @@ def to_prompt_completion(dataset):
         remove_columns=dataset.column_names,
         desc="prompt/completion",
     )
+
+
+def fit_to_length(dataset, tokenizer, max_length: int):
+    """Training rows cut as evaluation cuts its prompts: the prompt's start and its last tokens ("Price is $")
+    kept, the middle dropped, so prompt, price and EOS fit `max_length`.
+
+    TRL cuts a row longer than max_length at its end, so a long item lost its price and trained on nothing,
+    while evaluation (pricer.predict.cut_to_length) kept "Price is $" and asked for a price. Rows that fit
+    are left as they are; how many were cut is logged."""
+    tail = len(tokenizer(PROMPT_TAIL, add_special_tokens=False)["input_ids"])
+    eos = tokenizer.eos_token or ""
+
+    def cut(batch: dict[str, list]) -> dict[str, list]:
+        prompts = tokenizer(batch["prompt"])["input_ids"]
+        whole = tokenizer([p + c + eos for p, c in zip(batch["prompt"], batch["completion"], strict=True)])["input_ids"]
+        out, was_cut = [], []
+        for text, prompt_ids, all_ids in zip(batch["prompt"], prompts, whole, strict=True):
+            if len(all_ids) <= max_length:
+                out.append(text)
+                was_cut.append(False)
+                continue
+            completion = len(all_ids) - len(prompt_ids)
+            keep = max(max_length - completion - tail - CUT_MARGIN, 1)
+            out.append(tokenizer.decode(prompt_ids[:keep], skip_special_tokens=True)
+                       + tokenizer.decode(prompt_ids[-tail:], skip_special_tokens=True))
+            was_cut.append(True)
+        return {"prompt": out, "cut": was_cut}
+
+    mapped = dataset.map(cut, batched=True, desc="cut to max_length")
+    n_cut = sum(mapped["cut"])
+    if n_cut:
+        log.info("data: %d of %d training rows were longer than training.max_length=%d tokens: their prompts cut in the "
+                 "middle as evaluation cuts them (start and \"Price is $\" kept), so none loses its price", n_cut,
+                 len(mapped), max_length)
+    return mapped.remove_columns("cut")

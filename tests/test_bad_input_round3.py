@@ -405,7 +405,8 @@ def test_pricer_push_that_completes_a_killed_final_push_records_the_run_finished
         "run_name": "2024-09-13_13.04.39", "project_run_name": "pricer-2024-09-13_13.04.39", "status": "running",
         "repo_id": "pricer-tester/pricer-2024-09-13_13.04.39", "private": True, "overrides": [], "pid": dead.pid,
         "host": socket.gethostname(), "trained": {"train_steps": 4}})
-    for name, content in (("adapter_model.safetensors", b"weights"), ("README.md", b"---\nlibrary_name: peft\n---\n# card\n"), ("metrics.json", b"{}")):
+    card = b"---\nlibrary_name: peft\n---\n# card\n"
+    for name, content in (("adapter_model.safetensors", b"weights"), ("README.md", card), ("metrics.json", b"{}")):
         (run / "adapter" / name).write_bytes(content)
     out = run_cli_in_process([str(run)], monkeypatch, capsys, module="pricer.push")
     assert out.returncode == 0, out.stderr[-2000:]
