@@ -78,12 +78,42 @@ def test_batched_matches_each_prompt_alone(tiny, prompts):
     assert reversed_order == pytest.approx(list(alone)[::-1], rel=1e-5)
 
 
-def test_predict_restores_training_mode(tiny, prompts):
-    model, tokenizer = tiny
+def _peft_with_dropout(tiny_model_dir, tokenizer, dropout: float):
+    """The tiny model with a LoRA adapter on every attention and MLP projection; its random A and B
+    make the adapter move every prediction, so dropout on its input would move them too."""
+    from peft import LoraConfig, get_peft_model
+
+    base = load_model(str(tiny_model_dir), None, False, "sdpa", {}, "float32", "cpu", tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules="all-linear", init_lora_weights=False,
+                      task_type="CAUSAL_LM")
+    return get_peft_model(base, lora)
+
+
+def test_prediction_runs_without_dropout_and_gives_training_back(tiny, tiny_model_dir, prompts):
+    """A callback predicts mid-training, with the model in train mode: LoRA dropout of 0.9 must be off
+    while it predicts (the same answers twice, and those of the same weights without dropout), and
+    every module must be back in train mode afterwards, so training goes on with its dropout."""
+    _, tokenizer = tiny
+    model = _peft_with_dropout(tiny_model_dir, tokenizer, 0.9)
+    without_dropout = _peft_with_dropout(tiny_model_dir, tokenizer, 0.0)
+    without_dropout.load_state_dict(model.state_dict())
+    without_dropout.eval()
+    want = predict_prices(without_dropout, tokenizer, prompts[:8], TOP_K, BATCH_TOKENS)
+
     model.train()
+    ids = tokenizer(prompts[:8])["input_ids"]
+    live = predict_ids(model, ids, number_token_values(tokenizer), TOP_K, BATCH_TOKENS, tokenizer.pad_token_id)
+    assert live != pytest.approx(want, rel=1e-3), "dropout left on would move the answers (the raw fast path keeps the mode)"
+    first = predict_prices(model, tokenizer, prompts[:8], TOP_K, BATCH_TOKENS)
+    second = predict_prices(model, tokenizer, prompts[:8], TOP_K, BATCH_TOKENS)
+    assert first == second == pytest.approx(want, rel=1e-6)
+    assert all(module.training for module in model.modules()), "train mode given back to every module"
+    assert model.base_model.model.model.layers[0].self_attn.q_proj.lora_dropout["default"].p == 0.9
+
+    model.eval()  # and a model in eval mode stays there
     predict_prices(model, tokenizer, prompts[:2], TOP_K, BATCH_TOKENS)
-    assert model.training
-    model.eval()
+    assert not any(module.training for module in model.modules())
 
 
 def test_plan_batches_respects_the_budget_and_covers_every_item():
@@ -119,11 +149,19 @@ def test_expected_price_weights_renormalises_and_falls_back():
 
 
 def test_fast_path_on_token_ids_keeps_input_order(tiny, prompts):
+    """Batches run longest first; each answer must come back to its own prompt. The prompts' prices
+    differ, so an answer given to the wrong prompt shows."""
     model, tokenizer = tiny
     values = number_token_values(tokenizer)
     sequences = tokenizer(prompts[:6])["input_ids"]
+    lengths = [len(s) for s in sequences]
+    plan = [i for b in plan_batches(lengths, 10_000) for i in b]  # one batch, longest first
+    alone = [predict_ids(model, [s], values, TOP_K, BATCH_TOKENS)[0] for s in sequences]
+    assert [alone[i] for i in plan] != pytest.approx(alone, rel=1e-3), "answers left in the plan's order would show"
     together = predict_ids(model, sequences, values, TOP_K, batch_tokens=10_000)
-    assert together == pytest.approx([predict_ids(model, [s], values, TOP_K, BATCH_TOKENS)[0] for s in sequences], rel=1e-5)
+    assert together == pytest.approx(alone, rel=1e-5)
+    reversed_order = predict_ids(model, sequences[::-1], values, TOP_K, batch_tokens=10_000)
+    assert reversed_order == pytest.approx(alone[::-1], rel=1e-5)
 
 
 def test_first_number_parses_the_course_answers():
