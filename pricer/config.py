@@ -116,6 +116,7 @@ class Config:
     optimized_metric: Literal[OBJECTIVES]
     output_root: str
     resume: str | None  # a run dir, or auto
+    resume_force: bool
     model: Model
     data: Data
     hub: Hub
@@ -184,6 +185,7 @@ class RunConfig:
     optimized_metric: str
     output_root: str
     resume: str | None
+    resume_force: bool  # continue a run that cannot go on as it was (no checkpoint left, another number of ranks)
     model: dict[str, Any]
     lora: dict[str, Any]  # peft.LoraConfig kwargs
     quant: dict[str, Any]  # transformers.BitsAndBytesConfig kwargs; empty: no quantization
@@ -567,6 +569,7 @@ def validate(cfg: DictConfig, choices: dict[str, str] | None = None, check_machi
         optimized_metric=plain["optimized_metric"],
         output_root=plain["output_root"],
         resume=plain["resume"],
+        resume_force=plain["resume_force"],
         model=plain["model"],
         lora=plain["lora"],
         quant=plain["quant"],

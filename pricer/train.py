@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from pricer import naming
-from pricer.claim import Claim, claim_run, drop_unclaimed_dir, recording_status
+from pricer.claim import Claim, DiskFull, claim_run, drop_unclaimed_dir, recording_status
 from pricer.config import REPORTED_SCORES, ConfigError, RunConfig, check_repeated_overrides, preset_notes, sweep_objective, validate
 from pricer.data import DataError, load_slices
 from pricer.distributed import is_main, on_main
@@ -54,7 +54,7 @@ def train(cfg: DictConfig) -> float:
     claim = claim_run(Path(hydra_cfg.runtime.output_dir), run.project, run.output_root, run.resume or trial.resumable_run_dir(),
                       list(hydra_cfg.overrides.task), run.hub["push"], run.hub["hf_user"], run.hub["private"],
                       run.hub["push_attempts"], run.hub["push_wait_s"],
-                      f"sweep-{Path(hydra_cfg.sweep.dir).name}" if multirun else None, run.lora)
+                      f"sweep-{Path(hydra_cfg.sweep.dir).name}" if multirun else None, run.lora, force=run.resume_force)
     run_dir, adapter_dir = claim.run_dir, claim.run_dir / "adapter"
     log.info("run %s -> %s (hub: %s)", claim.project_run_name, run_dir, claim.repo_id or "off")
     trial.set_trial_attrs(run_dir=str(run_dir.absolute()), hub_repo=claim.repo_id, wandb_run=claim.project_run_name)
@@ -153,7 +153,7 @@ def main(cfg: DictConfig) -> float:
             check_repeated_overrides(list(HydraConfig.get().overrides.task))
             import_trainer_integrations()  # without "Running in WANDB offline mode", printed even with tracking=none
             return train(cfg)
-    except (ConfigError, DataError, ResumeError, Interrupted, PushFailed) as err:
+    except (ConfigError, DataError, ResumeError, Interrupted, DiskFull, PushFailed) as err:
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
