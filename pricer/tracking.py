@@ -11,8 +11,8 @@ import contextlib
 import hashlib
 import io
 import logging
-import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from pricer.distributed import is_main
@@ -99,21 +99,22 @@ def start(
     entity: str | None = None,
     tags: list[str] | None = None,
     job_type: str = "train",
+    storage: str | None = None,
+    link: Callable[..., Any] | None = None,
 ) -> list[str]:
     """Start tracking; returns the Trainer's `report_to`.
 
     `job_type` (JOB_TYPES) and `tags` (preset_tags) are what the W&B runs table filters by. A sweep
-    trial's run and its Optuna trial point at each other: the config's `trial` gets the study's storage
-    (password masked) beside its number and study name, and the trial's user attrs get the W&B run's id,
-    project and, online, its URL (pricer.compare prints them)."""
+    trial's run and its Optuna trial point at each other: the config's `trial` gets the study's `storage`
+    URL (password masked) beside its number and study name, and `link` (pricer.trial.set_trial_attrs)
+    records the W&B run's id, project and, online, its URL on the trial (pricer.compare prints them).
+    Both are passed in: pricer.trial imports pricer.config, which imports this module."""
     if backend == "none" or not is_main():
         return []
     import wandb
 
-    from pricer import trial
-
     if config.get("trial"):
-        config = config | {"trial": config["trial"] | {"storage": masked_url(os.environ.get(trial.ENV_STORAGE, ""))}}
+        config = config | {"trial": config["trial"] | {"storage": masked_url(storage or "")}}
     run = wandb.init(
         project=project,
         entity=entity,
@@ -127,7 +128,8 @@ def start(
         resume="allow",  # a resumed pricer run continues its W&B run
         reinit="finish_previous",
     )
-    trial.set_trial_attrs(wandb_id=run.id, wandb_project=run.project, **({"wandb_url": run.url} if run.url else {}))
+    if link is not None:
+        link(wandb_id=run.id, wandb_project=run.project, **({"wandb_url": run.url} if run.url else {}))
     return ["wandb"]
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -68,7 +69,8 @@ def train(cfg: DictConfig) -> float:
         report_to = tracking.start(run.tracking["backend"], run.tracking.get("project", run.project),
                                    claim.project_run_name, claim.group, tracked_config, str(run_dir), claim.wandb_id,
                                    run.tracking.get("entity"), tracking.preset_tags(choices, run.tracking.get("tags")),
-                                   job_type="trial" if tracked_config["trial"] else "train")
+                                   job_type="trial" if tracked_config["trial"] else "train",
+                                   storage=os.environ.get(trial.ENV_STORAGE), link=trial.set_trial_attrs)
         keeper = fit.CheckpointKeeper(run_dir, claim.repo_id if run.hub["hub_strategy"] == "every_save" else None,
                                       run.hub["private"], run.sft["save_total_limit"], run.hub["push_attempts"],
                                       run.hub["push_wait_s"])

@@ -213,18 +213,19 @@ def test_a_study_that_optimises_another_metric_is_refused(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow  # wandb.init starts W&B's local service process
-def test_a_trials_wandb_config_names_its_storage_without_the_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_trials_wandb_config_names_its_storage_without_the_password(tmp_path: Path) -> None:
     import wandb
 
     from pricer import tracking
-    from pricer.trial import ENV_STORAGE
 
-    monkeypatch.setenv(ENV_STORAGE, "postgresql+psycopg2://sweeper:s3cret-pw@dbhost:5432/pricer")
+    linked: dict = {}
     assert tracking.start("wandb", "pricer-test", "pricer-x", "sweep-x", {"trial": {"number": 4, "study_name": "tpe"}},
-                          str(tmp_path), "trialrun4", tags=["lora=r8"], job_type="trial") == ["wandb"]
+                          str(tmp_path), "trialrun4", tags=["lora=r8"], job_type="trial", link=linked.update,
+                          storage="postgresql+psycopg2://sweeper:s3cret-pw@dbhost:5432/pricer") == ["wandb"]
     tracking.finish("wandb", "finished")
     wandb.teardown()  # W&B's service process may still be writing the run's file when finish returns: stop it
     run = wandb_run(tmp_path)
     assert run["job_type"] == "trial" and run["tags"] == ["lora=r8"]
     assert run["config"]["trial"] == {"number": 4, "study_name": "tpe", "storage": "postgresql+psycopg2://sweeper:***@dbhost:5432/pricer"}
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and b"s3cret-pw" in p.read_bytes()]
+    assert linked == {"wandb_id": "trialrun4", "wandb_project": "pricer-test"}  # offline: no URL
