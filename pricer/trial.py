@@ -162,7 +162,8 @@ def slurm_job() -> dict[str, str] | None:
     if "SLURM_JOB_ID" not in os.environ or "SUBMITIT_FOLDER" not in os.environ:
         return None
     array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    return {"id": f"{array}_{task}" if array and task else os.environ["SLURM_JOB_ID"], "folder": os.environ["SUBMITIT_FOLDER"]}
+    folder = str(Path(os.environ["SUBMITIT_FOLDER"]).absolute())  # the job runs where sbatch ran: a relative sweep dir
+    return {"id": f"{array}_{task}" if array and task else os.environ["SLURM_JOB_ID"], "folder": folder}
 
 
 def _job_run_dir() -> str | None:

@@ -24,8 +24,8 @@ STEPS, SAVE_EVERY = 20, 5
 LONG_STEPS = 100  # long enough to be training when SLURM's signal comes (slurmctld checks time limits every ~30 s)
 
 
-def sweep_args(tmp_path: Path, url: str, *extra: str) -> list[str]:
-    return ["experiment=demo", "sweep=slurm", f"training.max_steps={STEPS}", f"training.save_steps={SAVE_EVERY}",
+def sweep_args(tmp_path: Path, url: str, *extra: str, steps: int = STEPS) -> list[str]:
+    return ["experiment=demo", "sweep=slurm", f"training.max_steps={steps}", f"training.save_steps={SAVE_EVERY}",
             "training.logging_steps=5", "evaluation.val_items=20", "evaluation.test_items=20",
             f"hydra.sweeper.storage={url}", "hydra.sweeper.study_name=slurm", "hydra.sweeper.heartbeat_interval=5",
             "hydra.launcher.mem_gb=1", "hydra.launcher.cpus_per_task=1", "hydra.launcher.gpus_per_node=null",
@@ -145,8 +145,9 @@ def test_slurm_sweep_jobs_two_at_a_time_and_a_requeued_job_resumes_its_run(
     compare = subprocess.run([sys.executable, "-m", "pricer.compare", postgres_url, "--study", "slurm", "--out",
                               str(tmp_path / "plots")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert compare.returncode == 0, compare.stderr
+    table = compare.stdout.split("\nplot:")[0].splitlines()  # the table, before the plots and links
     for repo in repos:  # one row per trial
-        assert sum(repo in line for line in compare.stdout.splitlines()) == 1, compare.stdout
+        assert sum(repo in line.split() for line in table) == 1, compare.stdout
 
 
 def test_slurm_time_limit_requeues_the_job_and_scancel_fails_its_trial(tmp_path: Path, slurm_cluster, postgres_url: str) -> None:
@@ -160,7 +161,7 @@ def test_slurm_time_limit_requeues_the_job_and_scancel_fails_its_trial(tmp_path:
     log = tmp_path / "sweep.log"
     proc = start_sweep(sweep_args(tmp_path, postgres_url, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
                                   "hydra.sweeper.max_failure_rate=0.5", "hydra.launcher.signal_delay_s=120",
-                                  "hydra.launcher.max_num_timeout=1", f"training.max_steps={LONG_STEPS}"), log)
+                                  "hydra.launcher.max_num_timeout=1", steps=LONG_STEPS), log)
     jobs = [wait_for(lambda n=n: trial_attr(postgres_url, n, "slurm_job"), f"trial {n}'s SLURM job", proc=proc, log=log)
             for n in (0, 1)]
     for n in (0, 1):
@@ -192,15 +193,28 @@ def test_slurm_time_limit_requeues_the_job_and_scancel_fails_its_trial(tmp_path:
 
 
 def test_slurm_sweep_killed_and_run_again_waits_for_its_jobs(tmp_path: Path, slurm_cluster, postgres_url: str) -> None:
-    """The sweep process (on a login node) is SIGKILLed while its 2 jobs run; the same command again waits for
-    those jobs (their trials are not submitted twice, nor rerun) and runs the last trial: 3 trials, 3 jobs."""
+    """The sweep process (on a login node) is SIGKILLed once a trial has finished and others' jobs run; the same
+    command again reruns no finished trial, submits no running one twice (it waits for those jobs) and reaches
+    n_trials: 3 trials, 3 jobs in all."""
     args = sweep_args(tmp_path, postgres_url, "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2")
     first = start_sweep(args, tmp_path / "first.log")
-    jobs = [wait_for(lambda n=n: trial_attr(postgres_url, n, "slurm_job"), f"trial {n}'s SLURM job", proc=first,
-                     log=tmp_path / "first.log") for n in (0, 1)]
+
+    def one_done_and_jobs_running():
+        try:
+            trials = study(postgres_url).get_trials(deepcopy=False)
+        except KeyError:
+            return None
+        running = [t for t in trials if t.state.name == "RUNNING"]
+        done = [t.number for t in trials if t.state.name == "COMPLETE"]
+        if not done or not running or not all("slurm_job" in t.user_attrs for t in running):
+            return None  # a job not started yet would be re-queued as a new trial after the grace period
+        return done, {t.number: t.user_attrs["slurm_job"] for t in running}
+
+    done, running = wait_for(one_done_and_jobs_running, "a finished trial and a running job", proc=first,
+                             log=tmp_path / "first.log")
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
-    assert all(slurm_cluster.run("squeue", "-h", "-j", job["id"]).stdout.strip() for job in jobs), "the jobs run on"
+    assert all(slurm_cluster.run("squeue", "-h", "-j", job["id"]).stdout.strip() for job in running.values())
 
     log = tmp_path / "again.log"
     again = start_sweep(args, log)
@@ -208,13 +222,16 @@ def test_slurm_sweep_killed_and_run_again_waits_for_its_jobs(tmp_path: Path, slu
     assert again.returncode == 0, out[-4000:]
     trials = sorted(study(postgres_url).get_trials(deepcopy=False), key=lambda t: t.number)
     assert [(t.number, t.state.name) for t in trials] == [(0, "COMPLETE"), (1, "COMPLETE"), (2, "COMPLETE")]
-    for n, job in enumerate(jobs):
+    for n, job in running.items():
         assert f"trial {n}: its SLURM job {job['id']} runs on without the sweep that submitted it" in out
-        assert trials[n].user_attrs["slurm_job"] == job  # told from the first job's own result
+        assert trials[n].user_attrs["slurm_job"] == job  # told from that job's own result
+    for n in done:
+        assert f"#{n} :" not in out, "a finished trial is not submitted again"
     submitted = sorted(p.name for p in (tmp_path / "sweep" / ".submitit").iterdir() if p.is_dir())
     assert len(submitted) == 3, submitted  # one sbatch per trial, over both sweep processes
     for n in range(3):  # each trial trained once: no run was resumed or started twice
         assert json.loads((tmp_path / "sweep" / str(n) / "run.json").read_text()).get("resumed", 0) == 0
+    print(f"sweep killed with trials {done} done and jobs {running} running; run again: 3 trials, 3 jobs")
 
 
 @pytest.mark.parametrize(("override", "key"), [
