@@ -1,9 +1,11 @@
 """Every option of every group composes and builds its library objects (no weights)."""
 
+import enum
 import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 from conftest import CONF_DIR, ROOT, compose_train
 
@@ -18,6 +20,8 @@ REQUIRED = {
     ("hardware", "cpu"): ["optimizer=adamw_torch"],  # paged optimizers need CUDA
 }
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+# pricer rotates checkpoints itself (after their push), so the Trainer is given none to delete
+PRICER_OWN_SFT_KEYS = {"save_total_limit"}
 
 
 def build_all(overrides: list[str]):
@@ -27,13 +31,61 @@ def build_all(overrides: list[str]):
     return run, build_lora_config(run.lora), build_bnb_config(run.quant), sft
 
 
+def as_written(built, value):
+    """A library object's field as the YAML spells it: an enum by its value, a dtype by its name, a
+    list that peft keeps as a set as the YAML's list."""
+    if isinstance(built, enum.Enum):
+        return built.value
+    if isinstance(built, torch.dtype):
+        return str(built).removeprefix("torch.")
+    if isinstance(built, set) and isinstance(value, list):
+        return sorted(built, key=value.index) if built == set(value) else sorted(built)
+    return built
+
+
+def llama_on_meta():
+    """A Llama with the tiny model's layer names and shapes, on the meta device: no memory, no weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pricer.tiny import TINY_LLAMA
+
+    with torch.device("meta"):
+        return LlamaForCausalLM(LlamaConfig(vocab_size=2048, **TINY_LLAMA))
+
+
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_builds(group: str, option: str) -> None:
+    """What each preset says reaches the library objects unchanged (a key dropped or renamed on the way
+    fails here), the trainer's precision is the one the hardware computes in, and its LoRA attaches to
+    a Llama's layers as named, at the update scale alpha / r = 2 that lets a rank change keep the lr."""
+    from peft import get_peft_model
+    from peft.tuners.lora import LoraLayer
+    from peft.utils import ModulesToSaveWrapper
+
     overrides = [f"{group}={option}", *REQUIRED.get((group, option), [])]
     run, lora, bnb, sft = build_all(overrides)
-    assert lora.r == run.lora["r"] and lora.lora_alpha == 2 * lora.r
-    assert sft.max_length == 182
+    for built, values in ((lora, run.lora), (bnb, run.quant), (sft, run.sft)):
+        for key, value in values.items():
+            if key not in PRICER_OWN_SFT_KEYS:
+                assert as_written(getattr(built, key), value) == value, key
+    assert sft.save_total_limit is None
     assert (bnb is None) == (not run.quant)
+
+    assert (sft.bf16, sft.fp16) == (run.compute_dtype == "bfloat16", run.compute_dtype == "float16")
+    if bnb is not None and bnb.load_in_4bit:
+        assert bnb.bnb_4bit_compute_dtype == getattr(torch, run.compute_dtype), "4-bit matmuls in the trainer's dtype"
+
+    model = get_peft_model(llama_on_meta(), lora)
+    adapted = {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+    suffixes = {name.rsplit(".", 1)[-1] for name in adapted}
+    if lora.target_modules == "all-linear":
+        assert suffixes == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    else:
+        assert suffixes == set(lora.target_modules), "every named layer exists in a Llama and is adapted"
+    assert len(adapted) == len(suffixes) * model.config.num_hidden_layers
+    assert {m.scaling["default"] for m in adapted.values()} == {2.0}
+    wrapped = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, ModulesToSaveWrapper)}
+    assert wrapped == set(lora.modules_to_save or []), "modules_to_save train in full"
 
 
 def test_defaults_reproduce_the_notebook() -> None:
