@@ -49,6 +49,17 @@ def saved_run(folder: Path, overrides: list[str], run_json: dict | None = None) 
     return folder
 
 
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HF_HUB_OFFLINE=1 as huggingface_hub and datasets read it: once, at their import, which may have come before
+    conftest set it (a test module importing them at collection), or a neighbour's fixture may have changed it."""
+    import datasets
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+
+
 def evaluate_in_process(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
     return run_cli_in_process(args, monkeypatch, capsys, module="pricer.evaluate")
 
@@ -93,6 +104,7 @@ def test_evaluate_a_hub_repo_while_offline(tmp_path: Path, monkeypatch: pytest.M
                                            capsys: pytest.CaptureFixture) -> None:
     """HF_HUB_OFFLINE=1 (conftest sets it): the repo's config was taken as missing, conf/train.yaml composed
     instead, and the default dataset's download failed with a ConnectionError traceback."""
+    offline(monkeypatch)
     monkeypatch.chdir(tmp_path)
     out = evaluate_in_process(["someone/pricer-2024"], monkeypatch, capsys)
     one_error_line(out, "someone/pricer-2024: HF_HUB_OFFLINE=1 is set")
@@ -102,6 +114,7 @@ def test_evaluate_a_hub_repo_while_offline(tmp_path: Path, monkeypatch: pytest.M
 def test_train_on_a_hub_dataset_while_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture) -> None:
     """The same for training: the dataset download's ConnectionError becomes one line naming HF_HUB_OFFLINE."""
+    offline(monkeypatch)
     out = run_cli_in_process([*DEMO, "data=pricer", f"output_root={tmp_path}"], monkeypatch, capsys)
     one_error_line(out, "data.path=ed-donner/pricer-data cannot be loaded")
     assert "unset HF_HUB_OFFLINE" in out.stderr
@@ -288,6 +301,7 @@ def test_wandb_online_that_cannot_start_is_refused_before_the_model_loads(tmp_pa
 def test_hub_push_while_offline_names_hf_hub_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture) -> None:
     """It retried the account lookup 5 times (~30 s), then advised hub.hf_user without naming HF_HUB_OFFLINE."""
+    offline(monkeypatch)
     monkeypatch.setenv("HF_TOKEN", "hf_a_token_that_is_never_used_0123456789")
     started = time.monotonic()
     out = run_cli_in_process([*DEMO, "hub.push=true", f"output_root={tmp_path}"], monkeypatch, capsys)
