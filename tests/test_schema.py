@@ -4,35 +4,44 @@ the notes a run logs for presets that set other groups, and pricer.push's settin
 import dataclasses
 import re
 import sys
-import typing
 from pathlib import Path
 
 import pytest
 from conftest import CONF_DIR, compose_train
 from omegaconf import OmegaConf
 
-from pricer import config
 from pricer.config import ConfigError, preset_notes, preset_overrides, validate
 
 DEMO = ["experiment=demo"]
 
 
-def schema_classes() -> list[type]:
-    """Config and every dataclass reachable from its fields (tracking's union included)."""
-    found, todo = [], [config.Config]
-    while todo:
-        cls = todo.pop()
-        found.append(cls)
-        for hint in config.schema_fields(cls).values():
-            todo += [c for c in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(c) and c not in found]
-    return found
+# pricer's own settings: every one must be written in conf/ (the library groups lora, quant, optimizer,
+# scheduler and training take their library's defaults for what they leave out)
+PRICER_GROUPS = ("model", "data", "hub", "tracking", "evaluation", "hardware")
 
 
-@pytest.mark.parametrize("cls", schema_classes(), ids=lambda c: c.__name__)
-def test_the_schema_holds_no_defaults(cls: type) -> None:
-    """conf/ holds every value: a default here would be a second copy that a YAML edit never reaches."""
-    for field in dataclasses.fields(cls):
-        assert field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING, field.name
+def pricer_keys() -> list[str]:
+    """Every top-level setting and every key of pricer's own groups, as composed (tracking=wandb: its
+    longest form), read from the config rather than from the schema."""
+    cfg, _ = compose_train([*DEMO, "tracking=wandb"])
+    top = [key for key, value in cfg.items() if not OmegaConf.is_dict(value)]
+    return top + [f"{group}.{key}" for group in PRICER_GROUPS for key in cfg[group]]
+
+
+@pytest.mark.parametrize("key", pricer_keys())
+def test_a_setting_left_out_of_conf_is_an_error_not_a_default(key: str) -> None:
+    """conf/ holds every value: a key a file forgot is an error naming it, never a value filled in from
+    a second copy that a YAML edit would not reach."""
+
+    def drop(cfg) -> None:
+        parent, _, name = key.rpartition(".")
+        (OmegaConf.select(cfg, parent) if parent else cfg).pop(name)
+
+    # a key other keys interpolate (${project}, ${hardware.compute_dtype}) is named by the interpolation
+    named = rf"^{re.escape(key)} is missing: add it|^InterpolationKeyError: Interpolation key '{re.escape(key)}' not found"
+    with pytest.raises(ConfigError, match=named) as err:
+        validate_demo(["tracking=wandb"], drop)
+    assert "\n" not in str(err.value)
 
 
 def validate_demo(overrides: list[str], edit=None):
@@ -72,9 +81,39 @@ def test_schema_errors_name_the_key(overrides: list[str], edit, message: str) ->
 def test_the_schema_values_pass_through_unchanged() -> None:
     run = validate_demo(["hardware.per_device_train_batch_size=4"])
     assert run.tracking == {"backend": "none"} and run.accelerator == "cpu" and run.sft["per_device_train_batch_size"] == 4
-    yaml_keys = set(OmegaConf.load(CONF_DIR / "train.yaml").evaluation)  # what pricer.evaluate checks overrides against
-    assert set(config.schema_fields(config.Evaluation)) == yaml_keys
-    assert config.HARDWARE_KEYS == ("accelerator", "memory_gib", "compute_dtype", "liger", "compile", "lean_4bit")
+
+
+def test_pricer_evaluate_takes_every_evaluation_key_and_refuses_others(capsys: pytest.CaptureFixture) -> None:
+    """`python -m pricer.evaluate ... evaluation.KEY=...` checks KEY against the group, since a saved run
+    config would take a typo silently: each key conf/train.yaml has passes, a misspelt one is refused."""
+    from pricer.evaluate import _parse_args
+
+    for key, value in OmegaConf.load(CONF_DIR / "train.yaml").evaluation.items():
+        assert _parse_args(["--adapter", "none", f"evaluation.{key}={value}"]).overrides == [f"evaluation.{key}={value}"]
+    with pytest.raises(SystemExit) as exit_:
+        _parse_args(["--adapter", "none", "evaluation.top_kk=3"])
+    assert exit_.value.code == 2
+    assert "evaluation.top_kk is not a known key (did you mean evaluation.top_k?)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("hardware", sorted(p.stem for p in (CONF_DIR / "hardware").glob("*.yaml")))
+def test_each_hardware_key_goes_to_the_trainer_or_to_pricer(hardware: str) -> None:
+    """A hardware key that is an SFTConfig field reaches the trainer's arguments; the others (accelerator,
+    memory, dtype, kernel switches) are pricer's own settings of the run and never reach SFTConfig,
+    which would refuse them."""
+    from trl import SFTConfig
+
+    from pricer.training import build_sft_config
+
+    cfg, choices = compose_train([f"hardware={hardware}", "optimizer=adamw_torch"])
+    run = validate(cfg, choices, check_machine=False)
+    trainer_fields = {f.name for f in dataclasses.fields(SFTConfig)}
+    for key, value in cfg.hardware.items():
+        if key in trainer_fields:
+            assert run.sft[key] == value and not hasattr(run, key), key
+        else:
+            assert key not in run.sft and getattr(run, key) == value, key
+    assert build_sft_config(run.sft, output_dir="unused", run_name="r", report_to=[], seed=0, use_cpu=True)
 
 
 @pytest.mark.parametrize("hardware", ["a100", "h100", "t4"])
