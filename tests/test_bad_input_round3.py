@@ -333,10 +333,10 @@ def test_sigterm_before_the_claim_leaves_nothing(tmp_path: Path) -> None:
 
     proc = subprocess.Popen([sys.executable, "-m", "pricer.train", *DEMO, f"output_root={tmp_path}"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not list(tmp_path.glob("runs/*/.hydra/config.yaml")) and time.monotonic() < deadline:
-        time.sleep(0.05)  # Hydra made the run dir: main() starts now
-    time.sleep(1.0)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not any(
+            "also sets" in log.read_text() for log in tmp_path.glob("runs/*/train.log")):
+        time.sleep(0.05)  # the run logged its first line (the preset notes): it now validates, seconds before its claim
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr[-3000:]
