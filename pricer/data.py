@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pricer.interrupt import Interrupted
+
 PROMPT_END = "Price is $"
 PROMPT_TAIL = "\n\nPrice is $"  # what a cut prompt keeps at its end, in training as in evaluation (pricer.predict)
 CUT_MARGIN = 2  # tokens left free: the two decoded pieces of a cut prompt may tokenize a token longer when rejoined
@@ -102,6 +104,8 @@ def _load_hub(load_dataset, path: str, revision: str | None):
 
     try:
         return load_dataset(path, revision=revision)
+    except Interrupted:
+        raise
     except Exception as err:  # ConnectionError offline, DatasetNotFoundError, FileNotFoundError, ...
         reason = (str(err).strip().splitlines() or [""])[0][:160]
         fix = ("unset HF_HUB_OFFLINE to download it, or point data.path at local files (data=local)"
@@ -124,6 +128,8 @@ def _load_files(load_dataset, path: str, split: str, files: str | list[str]):
             raise DataError(f"data.data_files.{split}={file} is empty: it needs rows with text and price")
     try:
         return load_dataset(path, data_files={split: files}, split=split)
+    except Interrupted:
+        raise  # a signal while reading: the run stops as signalled, not as bad data
     except Exception as err:  # the readers raise many types: ArrowInvalid, JSONDecodeError, DatasetGenerationError
         reason = (str(err).strip().splitlines() or [""])[0][:160]
         raise DataError(f"data.data_files.{split}={files} cannot be read as data.path={path} ({type(err).__name__}"
