@@ -1,17 +1,25 @@
 """The sweep grammar of hydra-optuna-sweeper maps to the right Optuna distributions.
 
-Each form is checked on its own, then every sweep file in sweeps/ is composed and its
-params parsed, so a typo in a sweep file fails here and not an hour into a sweep.
+Each form is checked on its own, then every sweep file in sweeps/ goes through what the sweep does
+before its first trial, so a typo in a sweep file fails here and not an hour into a sweep.
 """
 
+import inspect
+import math
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra._internal.callbacks import Callbacks
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.types import HydraContext
+from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from hydra_plugins.pricer_optuna_sweeper import _space
+from hydra_plugins.pricer_optuna_sweeper import _space, _study
+from pricer import job_check, train
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml"))
@@ -63,38 +71,58 @@ def test_suggested_values_read_back_unchanged_as_overrides(value) -> None:
     assert parsed.value() == value
 
 
-def _sweep_config(name: str, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("PRICER_SWEEP_STORAGE", "postgresql+psycopg2://u@db:5432/pricer")  # sweeps/slurm.yaml
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=[f"sweep={name}"], return_hydra_config=True)
+def _validated_values(monkeypatch: pytest.MonkeyPatch, keys: list[str]) -> dict[str, list]:
+    """Each swept key's value in every job config pricer.config.validate is given from now on (the real
+    validate still runs): what a check really validated, not what it was asked to."""
+    from pricer import config
+
+    seen: dict[str, list] = {key: [] for key in keys}
+    validate = config.validate
+
+    def spy(cfg, choices=None, check_machine=True):
+        for key in keys:
+            seen[key].append(choices[key] if key in (choices or {}) else OmegaConf.select(cfg, key))
+        return validate(cfg, choices, check_machine)
+
+    monkeypatch.setattr(config, "validate", spy)
+    return seen
 
 
 @pytest.mark.parametrize("name", SWEEPS)
-def test_every_sweep_file_composes_and_parses(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_sweep_validates_every_value_it_can_try_before_its_first_trial(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `python -m pricer.train sweep=NAME` does before its first job, done as it does it: Hydra composes
+    the sweep, its search space parses, and the sweeper's own check (pricer_optuna's, or pricer.job_check's
+    for Hydra's basic sweeper) validates a job config holding each value the sweep can try: each choice and
+    both ends of each range. A value a run would refuse fails here, not an hour into the sweep."""
     lines = (REPO / "sweeps" / f"{name}.yaml").read_text().splitlines()
     assert lines[0] == "# @package _global_"  # Hydra reads the header only before other comments
     assert "python -m pricer.train" in lines[1] and f"sweep={name}" in lines[1]
-    cfg = _sweep_config(name, monkeypatch)
-    assert cfg.optimized_metric
-    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
-    space, _ = _space.parse([f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()])
-    assert space, f"sweep={name} sweeps nothing"
-
-
-def test_tpe_sweep_maps_each_param(monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = _sweep_config("tpe", monkeypatch)
-    space, _ = _space.parse([f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()])
-    assert space["optimizer.learning_rate"] == FloatDistribution(2e-5, 5e-4, log=True)
-    assert space["lora.lora_dropout"] == FloatDistribution(0.0, 0.2)
-    assert space["scheduler"] == CategoricalDistribution(["cosine", "linear", "constant_with_warmup"])
-    assert space["lora"] == CategoricalDistribution(["r8", "r16", "r32", "r64"])
-    assert cfg.hydra.sweeper.pruner._target_ == "optuna.pruners.MedianPruner"
-
-
-def test_slurm_sweep_uses_submitit_and_postgres(monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    cfg = _sweep_config("slurm", monkeypatch)
-    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
-    assert cfg.hydra.launcher.gpus_per_node == 1
-    assert cfg.hydra.sweeper.storage.startswith("postgresql")
-    assert cfg.hydra.sweeper.n_jobs > 1
+    monkeypatch.setenv("PRICER_SWEEP_STORAGE", "postgresql+psycopg2://u@db:5432/pricer")  # sweeps/slurm.yaml
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"sweep={name}"], return_hydra_config=True)
+        assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+        arguments = list(cfg.hydra.overrides.task)
+        space, fixed = _space.parse([f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()] + arguments)
+        assert space, f"sweep={name} sweeps nothing"
+        seen = _validated_values(monkeypatch, list(space))
+        if cfg.hydra.sweeper._target_ == job_check.BASIC_SWEEPER:
+            jobs = job_check.job_overrides(cfg)
+            assert len(jobs) == math.prod(len(values) for values in _space.grid(space).values())
+            assert job_check.first_bad_job(cfg, jobs) is None
+        else:
+            sweeper = Plugins.instance().instantiate_sweeper(
+                config=cfg, hydra_context=HydraContext(config_loader=GlobalHydra.instance().config_loader(),
+                                                       callbacks=Callbacks(cfg)),
+                task_function=inspect.unwrap(train.main))
+            assert sweeper.checks_pricer_configs
+            sweeper._check_settings()
+            sweeper._check_direction(cfg.optimized_metric)
+            if sweeper.storage:
+                _study.check_storage(sweeper.storage)
+            sweeper._check_job_configs(space, fixed)
+            if "GridSampler" in cfg.hydra.sweeper.sampler._target_:
+                assert sweeper.n_trials == math.prod(len(values) for values in _space.grid(space).values()), \
+                    "n_trials runs the grid once, in full"
+    for key, dist in space.items():
+        missed = [value for value in _space.edges(dist) if value not in seen[key]]
+        assert not missed, f"sweep={name}: {key}={missed} never validated"
