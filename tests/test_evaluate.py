@@ -1,6 +1,7 @@
 """evaluate_model, the CLI on a saved adapter, and the in-training callback, on the tiny model."""
 
 import json
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -66,18 +67,63 @@ def adapter_metrics(run, tmp_path_factory):
                                BATCH_TOKENS)
 
 
-def test_evaluate_model_writes_metrics_and_chart(run, adapter_metrics):
-    out, metrics = adapter_metrics
-    assert json.loads((out / METRICS_FILE).read_text()) == metrics
-    assert (out / CHART_FILE).read_bytes()[:4] == b"\x89PNG"
-    guesses = predict_prices(run.model, run.tokenizer, run.prompts, TOP_K, BATCH_TOKENS)
-    assert metrics["test/price_error"] == pytest.approx(price_metrics(guesses, run.prices)["price_error"])
-    assert metrics["test/items"] == ITEMS
-    mean = sum(run.train_prices) / len(run.train_prices)
-    assert metrics["baseline/guess"] == pytest.approx(mean)
-    assert metrics["baseline/price_error"] == pytest.approx(sum(abs(mean - p) for p in run.prices) / ITEMS)
-    for key in ("rmsle", "hit_rate", "median_error"):
-        assert f"test/{key}" in metrics and f"baseline/{key}" in metrics
+# The course's tester by hand on fixed guesses: error = |guess - truth|; green (a hit) under $40 or under
+# 20 % of the truth, orange under $80 or 40 %, red otherwise.
+#          truth,  guess,  error, colour
+KNOWN = [(120.0,   100,    20.0, "green"),   # under $40
+         (40.0,     60,    20.0, "green"),   # under $40, though 50 % of the truth
+         (200.0,   250,    50.0, "orange"),  # 25 %, under $80
+         (350.0,   500,   150.0, "red"),     # 42.9 %
+         (10.0,     30,    20.0, "green"),   # under $40, though 200 %
+         (1000.0,  850,   150.0, "green"),   # 15 %
+         (99.5,      5,    94.5, "red"),     # 95 %
+         (300.0,   359,    59.0, "green")]   # 19.7 %
+TRAIN_PRICES = [100.0, 200.0, 300.0]  # the constant baseline guesses their mean, $200
+
+
+def answering(model, tokenizer, prompts: list[str], guesses: list[int]):
+    """The tiny model rewired so that its next token after prompt i is the price token guesses[i], with
+    probability ~1: attention and MLP outputs zeroed, so the last hidden state is the last token's
+    embedding, made one-hot in its own direction; the LM head maps that direction to the price token."""
+    last = [ids[-1] for ids in tokenizer(prompts)["input_ids"]]
+    assert len(set(last)) == len(prompts), "each prompt ends in its own token"
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.norm.weight.fill_(1.0)
+        model.lm_head.weight.zero_()
+        for i, (token, guess) in enumerate(zip(last, guesses, strict=True)):
+            model.model.embed_tokens.weight[token] = torch.nn.functional.one_hot(torch.tensor(i), model.config.hidden_size)
+            model.lm_head.weight[tokenizer.convert_tokens_to_ids(str(guess))] = 10 * model.model.embed_tokens.weight[token]
+    return model
+
+
+def test_evaluate_model_scores_known_guesses_as_the_course_does(run, tmp_path):
+    """evaluate_model on a model whose answers are known (prompts of several lengths, batched and padded):
+    every score is the course's tester's, worked out by hand above; metrics.json and the chart are written."""
+    words = ["apple", "Price", "cost", "item", "brand", "size", "model", "colour"]
+    prompts = [" ".join(["How much does this cost?"] * (1 + i % 3) + [word]) for i, word in enumerate(words)]
+    truths, guesses = [k[0] for k in KNOWN], [k[1] for k in KNOWN]
+    model = answering(run.load_base(), run.tokenizer, prompts, guesses)
+    assert predict_prices(model, run.tokenizer, prompts, TOP_K, BATCH_TOKENS) == pytest.approx(guesses, abs=1e-3)
+
+    metrics = evaluate_model(model, run.tokenizer, prompts, truths, tmp_path, TRAIN_PRICES, TOP_K, BATCH_TOKENS)
+    rmsle = math.sqrt(sum((math.log(1 + g) - math.log(1 + t)) ** 2 for t, g in zip(truths, guesses, strict=True)) / 8)
+    assert metrics == pytest.approx({
+        "test/price_error": 563.5 / 8,  # 20 + 20 + 50 + 150 + 20 + 150 + 94.5 + 59
+        "test/median_error": (50 + 59) / 2,  # the middle two of 20 20 20 50 59 94.5 150 150
+        "test/rmsle": rmsle,
+        "test/hit_rate": 5 / 8, "test/green": 5, "test/orange": 1, "test/red": 2, "test/items": 8,
+        # always $200: errors 80 160 0 150 190 800 100.5 100; green 0, orange 100 on 300 (33 %), the rest red
+        "baseline/guess": 200.0,
+        "baseline/price_error": 1580.5 / 8,
+        "baseline/median_error": (100.5 + 150) / 2,
+        "baseline/rmsle": math.sqrt(sum((math.log(201) - math.log(1 + t)) ** 2 for t in truths) / 8),
+        "baseline/hit_rate": 1 / 8, "baseline/green": 1, "baseline/orange": 1, "baseline/red": 6, "baseline/items": 8,
+    }, abs=1e-4)
+    assert json.loads((tmp_path / METRICS_FILE).read_text()) == metrics
+    assert (tmp_path / CHART_FILE).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_cli_on_a_run_dir_reproduces_evaluate_model(run, adapter_metrics, tmp_path, capsys):
