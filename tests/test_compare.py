@@ -67,5 +67,11 @@ def test_maximised_and_multi_objective_studies(tmp_path: Path, capsys) -> None:
     multi = optuna.create_study(study_name="multi", storage=url, directions=["minimize", "minimize"])
     for lr in (1e-4, 3e-4, 2e-5):
         multi.add_trial(create_trial(values=[lr * 1e4, 1 / lr], params={"lr": lr}, distributions={"lr": SPACE["lr"]}))
+    rows = compare.trial_rows(multi)  # ranked on the first objective; the cell shows both
+    assert [(row["#"], row["objective"]) for row in rows] == [(2, "0.2, 5e+04"), (0, "1, 1e+04"), (1, "3, 3333")]
+    capsys.readouterr()
     assert compare.main([url, "--study", "multi"]) == 0
-    assert "plot: " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    for kind in ("history", "parallel", "importance"):  # each on the first objective
+        png = tmp_path / f"multi-{kind}.png"
+        assert f"plot: {png}" in out and png.read_bytes()[:4] == b"\x89PNG", kind
