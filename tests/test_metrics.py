@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from pricer.metrics import baseline_metrics, colours, price_metrics, save_chart, summary_line
@@ -21,8 +22,6 @@ CASES = [
 
 
 def test_colours_at_the_boundaries():
-    import numpy as np
-
     truths = np.array([c[0] for c in CASES])
     guesses = np.array([c[1] for c in CASES])
     assert colours(guesses, truths) == [c[2] for c in CASES]
@@ -70,7 +69,23 @@ def test_summary_line_is_the_course_format():
     assert line == "Error=$1,234.57 RMSLE=0.44 Hits=61.2%"
 
 
-def test_chart_is_a_png(tmp_path):
-    path = save_chart([10.0, 200.0, 500.0], [12.0, 100.0, 900.0], tmp_path / "charts" / "chart.png", "t")
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+def test_chart_colours_each_point_as_the_tester_does(tmp_path):
+    """The chart is a 12 x 8 inch PNG at 100 dpi whose points carry the tester's colours: 30 guesses
+    $10 off are green only; 10 each $10 off, 30 % off and 3x the truth show all three."""
+    from matplotlib import colors, image
+
+    truths = [300.0 + 20 * i for i in range(30)]
+
+    def pixels(guesses: list[float], name: str) -> dict[str, int]:
+        path = save_chart(guesses, truths, tmp_path / "charts" / name, "t")
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        rgb = image.imread(path)[..., :3]
+        assert rgb.shape == (800, 1200, 3)
+        return {c: int((abs(rgb - colors.to_rgb(c)).max(axis=-1) < 0.05).sum()) for c in ("green", "orange", "red")}
+
+    assert colours(np.array([t + 10 for t in truths]), np.array(truths)) == ["green"] * 30
+    green_only = pixels([t + 10 for t in truths], "green.png")
+    assert green_only["green"] > 30 and green_only["orange"] == green_only["red"] == 0
+    mixed = [t + 10 for t in truths[:10]] + [1.3 * t for t in truths[10:20]] + [3 * t for t in truths[20:]]
+    assert colours(np.array(mixed), np.array(truths)) == ["green"] * 10 + ["orange"] * 10 + ["red"] * 10
+    assert all(count > 10 for count in pixels(mixed, "mixed.png").values())
