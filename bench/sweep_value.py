@@ -1,9 +1,19 @@
 """Sweep value: what each search strategy buys on real training, at the grid's compute.
 
-    python bench/sweep_value.py run OUT --gpu            # the benchmark (one H200: BENCHMARKS.md, "Sweep value")
-    python bench/sweep_value.py run OUT --dry            # the same pipeline, tiny sizes, ~2 min on 2 CPU cores
-    python bench/sweep_value.py analyse OUT              # table + PNG from what the sweeps wrote
-    python bench/sweep_value.py analyse bench/results/sweep_value.json   # the same from the saved records
+    python bench/sweep_value.py run OUT --gpu            # seeds 0-2, strategies one block after another (one GPU)
+    python bench/sweep_value.py run OUT --gpu --parallel 5 --seeds 3 4 5 6 7 8 9 \
+        --blocks grid+random+tpe_median tpe_hyperband+tpe --records bench/results/sweep_value_s3-9.json
+                                                         # more seeds: 5 sweeps at a time from one queue
+    python bench/sweep_value.py run OUT --dry            # the same pipeline, tiny sizes, ~2 min on 2 idle CPU cores
+    python bench/sweep_value.py analyse OUT              # tables + PNG from what the sweeps wrote
+    python bench/sweep_value.py analyse bench/results/sweep_value*.json   # the same from the saved records
+
+The analysis (BENCHMARKS.md, "Sweep value"): what a user gets is the test error of the model a sweep
+selects on validation once it has spent 1/3 and 1x of the same seed's grid compute; each strategy is
+paired seed by seed with random search and the grid of that seed, and the report gives medians over
+seeds with bootstrap 90 % intervals, calling a difference only where the interval excludes zero and
+at least MIN_SEEDS seeds pair. Beside them: compute to match the grid's best val, the winners' val-test
+gap, and the noise of one configuration (the grid's points over seeds).
 
 Every strategy is pricer's own sweeper, run as a user runs it (`python -m pricer.train
 experiment=demo sweep=value_*`, sweeps/value_*.yaml): the tiny random-init Llama on the
@@ -544,27 +554,35 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
             "grid_val_range": (min(spread), max(spread)) if spread else None, "overhead": overhead(data, seeds)}
 
 
-def overhead(data: dict[str, Any], seeds: list[int]) -> dict[str, dict[str, float]]:
-    """Where a trial's wall time goes, per machine: the Trainer's train_runtime (steps and the validation scores
-    between them) against the rest (model load, data, final val/test scoring), finished 300-step trials only;
-    and a sweep's start-up (its command's start to its first trial's start: Python, imports, workers, study)."""
-    out: dict[str, dict[str, float]] = {}
+def overhead(data: dict[str, Any], seeds: list[int]) -> dict[str, dict[str, Any]]:
+    """Where a trial's wall time goes, per machine. By length: the median wall time of trials that stopped at
+    50, 150 and 300 steps (pruned ones stop early), so the fixed cost per trial (model load, data, final
+    scoring) shows as what a line through them leaves at 0 steps; where the records have the Trainer's
+    train_runtime, also the split of a 300-step trial inside and outside the Trainer. And a sweep's start-up:
+    its command's start to its first trial's start (Python, imports, the workers, CUDA, the study)."""
+    out: dict[str, dict[str, Any]] = {}
     starts = {c["sweep"]: c["start"] for p in data["meta"]["parts"] for c in p.get("commands", [])}
     for device in sorted({t.get("device", "unknown") for t in data["trials"]}):
-        mine = [t for t in data["trials"] if t.get("device", "unknown") == device and t["schedule"] == "async"]
-        full = [t for t in mine if t.get("train_s") is not None and t["state"] == "COMPLETE" and t["steps"] == 300]
-        if not full:
+        mine = [t for t in data["trials"] if t.get("device", "unknown") == device and t["schedule"] == "async"
+                and t["state"] in ("COMPLETE", "PRUNED")]
+        by_steps = {n: [ts(t["end"]) - ts(t["start"]) for t in mine if t["steps"] == n] for n in (50, 150, 300)}
+        if not by_steps[300]:
             continue
-        wall = [ts(t["end"]) - ts(t["start"]) for t in full]
-        first = {}
+        first: dict[str, float] = {}
         for t in mine:
             key = f"{t['strategy']}_s{t['seed']}"
             first[key] = min(first.get(key, float("inf")), ts(t["start"]))
         startup = [first[k] - starts[k] for k in first if k in starts]
-        out[device] = {"trials": len(full), "wall_s": statistics.median(wall),
-                       "train_s": statistics.median(t["train_s"] for t in full),
-                       "rest_s": statistics.median(w - t["train_s"] for w, t in zip(wall, full, strict=True)),
-                       "sweep_startup_s": statistics.median(startup) if startup else float("nan")}
+        row: dict[str, Any] = {"by_steps": {n: (len(v), statistics.median(v)) for n, v in by_steps.items() if v},
+                               "sweep_startup_s": statistics.median(startup) if startup else None,
+                               "sweeps": len(startup)}
+        full = [t for t in mine if t.get("train_s") is not None and t["state"] == "COMPLETE" and t["steps"] == 300]
+        if full:
+            wall = [ts(t["end"]) - ts(t["start"]) for t in full]
+            row |= {"trials": len(full), "wall_s": statistics.median(wall),
+                    "train_s": statistics.median(t["train_s"] for t in full),
+                    "rest_s": statistics.median(w - t["train_s"] for w, t in zip(wall, full, strict=True))}
+        out[device] = row
     return out
 
 
@@ -778,15 +796,26 @@ def _params(p: dict[str, Any]) -> str:
     return ", ".join(f"{k.split('.')[-1]} {v}" for k, v in p.items())
 
 
-def overhead_lines(over: dict[str, dict[str, float]], data: dict[str, Any]) -> list[str]:
+def overhead_lines(over: dict[str, dict[str, Any]], data: dict[str, Any]) -> list[str]:
     """Where a trial's time goes, per machine, and the machine's load while the sweeps ran."""
     lines = []
     for device, o in over.items():
-        lines.append(f"Per trial on {device} (median of {o['trials']} finished 300-step trials, all sweeps' workers "
-                     f"sharing the machine): {o['wall_s']:.1f} s wall, of which {o['train_s']:.1f} s in the Trainer "
-                     f"(300 steps and 6 validation scores) and {o['rest_s']:.1f} s outside it (config, data, model "
-                     f"load, final val and test scoring); a sweep's start-up before its first trial "
-                     f"{o['sweep_startup_s']:.1f} s.")
+        lengths = ", ".join(f"{n} steps {w:.1f} s ({k} trials)" for n, (k, w) in o["by_steps"].items())
+        line = (f"Per trial on {device}, all sweeps' workers sharing the machine (median wall time by the steps a "
+                f"trial ran): {lengths}.")
+        if 50 in o["by_steps"]:
+            (_, w50), (_, w300) = o["by_steps"][50], o["by_steps"][300]
+            per_step = (w300 - w50) / 250
+            line += (f" A line through the 50- and 300-step medians: {per_step * 1000:.0f} ms a step (training and its "
+                     f"validation scores) and {w50 - 50 * per_step:.1f} s a trial besides (model load, data, final "
+                     "val and test scoring).")
+        if "train_s" in o:
+            line += (f" Of a finished 300-step trial ({o['trials']} trials), {o['train_s']:.1f} s in the Trainer (steps "
+                     f"and validation scores) and {o['rest_s']:.1f} s outside it.")
+        if o["sweep_startup_s"] is not None:
+            line += (f" A sweep's start-up, its command to its first trial's start (Python, imports, 4 worker "
+                     f"processes, CUDA, the study): {o['sweep_startup_s']:.1f} s (median of {o['sweeps']} sweeps).")
+        lines.append(line)
     for p in data["meta"]["parts"]:
         load = p.get("load") or []
         if load:

@@ -163,4 +163,9 @@ def test_sweep_value_noise_of_one_configuration_and_report(tmp_path: Path, monke
     text = markdown.read_text()
     assert "old numbers" not in text and "## Training throughput\n\nkept" in text
     assert f"val ${point['val_mean']:.2f} ± {point['val_sd']:.2f}" in text
+    # per-trial time by length, from the trials' own start and end: a pruned 50-step trial against a whole one
+    for steps in (50, 300):
+        walls = [datetime.fromisoformat(t["end"]).timestamp() - datetime.fromisoformat(t["start"]).timestamp()
+                 for t in data["trials"] if t["schedule"] == "async" and t["steps"] == steps and t["state"] != "FAIL"]
+        assert f"{steps} steps {statistics.median(walls):.1f} s ({len(walls)} trials)" in text
     assert (tmp_path / "sweep_value.png").stat().st_size > 10_000
