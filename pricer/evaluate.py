@@ -97,6 +97,7 @@ def price_eval_callback(
     """
     from transformers import TrainerCallback
 
+    from pricer.distributed import on_main
     from pricer.predict import number_token_values, predict_prices
 
     tokenizer = trainer.processing_class
@@ -104,9 +105,9 @@ def price_eval_callback(
 
     class PriceEval(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            if state.global_step % every_steps == 0:
-                guesses = predict_prices(model, tokenizer, prompts, top_k, batch_tokens, values, max_length)
-                metrics = price_metrics(guesses, prices)
+            if state.global_step % every_steps == 0:  # several ranks: rank 0 scores once, every rank logs its numbers
+                metrics = on_main(lambda: price_metrics(
+                    predict_prices(model, tokenizer, prompts, top_k, batch_tokens, values, max_length), prices))
                 trainer.log({f"eval_{key}": metrics[key] for key in LOGGED_DURING_TRAINING})
 
     return PriceEval()

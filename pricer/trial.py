@@ -81,7 +81,10 @@ def raise_if_pruned() -> None:
         return
     import optuna
 
-    attrs = _trial(*_trial_env()).user_attrs
+    from pricer.distributed import on_main
+
+    # several ranks: rank 0's trial holds what report() decided (another rank's trial is a cached copy)
+    attrs = on_main(lambda: _trial(*_trial_env()).user_attrs)
     if attrs.get(NAN_AT) is not None:  # None: reset on a re-queued trial
         raise FloatingPointError(f"the objective became NaN at step {attrs[NAN_AT]}")
     if attrs.get(PRUNED_AT) is not None:
@@ -108,7 +111,9 @@ def set_trial_attrs(**attrs: Any) -> None:
     trial then also records that dir (RUN_DIR), so the sweeper can resume the run if the
     trial is interrupted or its worker dies. A trial that resumes a run keeps its RUN_DIR.
     """
-    if _trial_env() is None:
+    from pricer.distributed import is_main
+
+    if _trial_env() is None or not is_main():  # several ranks: rank 0 records the run's facts once
         return
     trial = _trial(*_trial_env())
     if RUN_DIR not in trial.user_attrs and _job_run_dir() is not None:
@@ -197,6 +202,8 @@ def _reporting_callback(metric: str, eval_during_training: bool):
     """Built on call so that importing pricer.trial does not import transformers."""
     from transformers import TrainerCallback
 
+    from pricer.distributed import on_main
+
     class OptunaReportCallback(TrainerCallback):
         """Reports one series per trial at each log; stops training when the trial is pruned.
 
@@ -219,7 +226,9 @@ def _reporting_callback(metric: str, eval_during_training: bool):
             else:
                 value = _pick(logs, metric) if self.use_metric else loss
             series = "loss" if value is loss else metric
-            if value is not None and report(float(value), state.global_step, series):
+            # several ranks (a trial of k GPUs): rank 0 reports and decides, every rank stops with it (a rank
+            # that trained on would wait in its next all-reduce for one that stopped); every rank logs alike
+            if on_main(lambda: value is not None and report(float(value), state.global_step, series)):
                 control.should_training_stop = True
 
     return OptunaReportCallback()
