@@ -40,10 +40,13 @@ def checked_account(hf_user: str | None, attempts: int, wait_s: float) -> str:
     import logging
 
     from pricer.config import ConfigError
+    from pricer.interrupt import Interrupted
     from pricer.push import call_with_retries, can_succeed_later
 
     try:
         account = call_with_retries(account_name, "account lookup", attempts, wait_s)
+    except Interrupted:
+        raise
     except Exception as err:
         status = getattr(getattr(err, "response", None), "status_code", None)
         if not can_succeed_later(err):

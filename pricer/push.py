@@ -46,9 +46,13 @@ def can_succeed_later(err: Exception) -> bool:
 
 def call_with_retries(action: Callable[[], T], what: str, attempts: int, wait_s: float) -> T:
     """Run `action`, retrying what can succeed later with exponential backoff; the last error is raised."""
+    from pricer.interrupt import Interrupted
+
     for attempt in range(1, attempts + 1):
         try:
             return action()
+        except Interrupted:
+            raise  # a signal: the run stops as signalled, not as a failed push
         except Exception as err:
             retry = can_succeed_later(err) and attempt < attempts
             log.warning("push %s failed (attempt %d/%d%s): %s", what, attempt, attempts,

@@ -107,6 +107,7 @@ def publish(run: RunConfig, claim: Claim, config_yaml: str, metrics: dict) -> No
     if not is_main():
         return
     from pricer import hub
+    from pricer.interrupt import Interrupted
     from pricer.push import PushFailed, call_with_retries
 
     adapter_dir = claim.run_dir / "adapter"
@@ -121,6 +122,8 @@ def publish(run: RunConfig, claim: Claim, config_yaml: str, metrics: dict) -> No
     try:
         call_with_retries(lambda: hub.push_final(claim.repo_id, adapter_dir, run.hub["private"]), "final adapter",
                           run.hub["push_attempts"], run.hub["push_wait_s"])
+    except Interrupted:
+        raise  # a signal mid-push: the run is interrupted, and a resume publishes again
     except Exception as err:  # the run ends non-zero: its files stay, and `pricer.push` finishes the push
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise PushFailed(f"the final push to {claim.repo_id} failed ({first}): the adapter, metrics and checkpoints are "

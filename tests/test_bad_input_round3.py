@@ -427,3 +427,49 @@ def test_pricer_push_that_completes_a_killed_final_push_records_the_run_finished
     meta = json.loads((run / "run.json").read_text())
     assert meta["final_pushed"] is True and meta["status"] == "finished"
     assert hub_stand_in.files("pricer-tester/pricer-2024-09-13_13.04.39")["adapter_model.safetensors"] == b"weights"
+
+
+def test_sigterm_during_the_hub_account_lookup_is_an_interruption(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal while the run asks the Hub for the token's account ended as "the Hub refused the token in HF_TOKEN
+    (Interrupted)", a bad-input exit: the lookup's error handling took the signal for the Hub's answer. Here the
+    real lookup waits on a Hub that accepts and never answers, and pricer.train's own handler (RaiseOnSignal, as
+    main() installs it before the claim) gets a real SIGTERM."""
+    import signal
+    import socket
+    import threading
+
+    from huggingface_hub import constants, hf_api
+
+    from pricer.hub import checked_account
+    from pricer.interrupt import Interrupted, RaiseOnSignal
+
+    server = socket.create_server(("127.0.0.1", 0))
+    seen: list[str] = []
+    held: list[socket.socket] = []
+
+    def accept() -> None:  # reads each request, answers none
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            held.append(connection)
+            seen.append(connection.recv(4096).decode(errors="replace").split("\r\n")[0])
+            if "/api/whoami" in seen[-1]:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    monkeypatch.setenv("HF_TOKEN", "hf_a_token_for_a_silent_hub_0123456789")
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_api.api, "endpoint", endpoint)
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        with pytest.raises(Interrupted) as stopped, RaiseOnSignal(None):
+            checked_account(None, attempts=3, wait_s=0.0)
+    finally:
+        server.close()
+        for connection in held:
+            connection.close()
+    assert stopped.value.signum == signal.SIGTERM
+    assert sum("/api/whoami" in line for line in seen) == 1, "a signal is not retried either"
