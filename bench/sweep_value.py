@@ -843,10 +843,12 @@ def verdict(result: dict[str, Any]) -> list[str]:
     if r and "vs_random_1/3" in r:
         better = shown(r["vs_random_1/3"]) == "lower"
         fast = r["frac_to_grid_best"]["hi"] <= 0.5 and r["frac_to_grid_best"]["n"] >= MIN_SEEDS
-        verdict_ = "Goal met" if better and fast else "Goal not met"
+        n = min(r["vs_random_1/3"]["n"], r["frac_to_grid_best"]["n"])
+        verdict_ = "Goal met" if better and fast else "Goal not met" if n >= MIN_SEEDS else "Goal not shown (too few seeds)"
         lines.append(f"\n{verdict_} by {LABELS[RECOMMENDED]} ({r['vs_random_1/3']['n']} seeds): test error minus random "
                      f"search's at 1/3 of the grid's compute ${money(r['vs_random_1/3'], True)} (goal: interval below 0); "
-                     f"the grid's best val matched at {share(r['frac_to_grid_best'])} of its compute (goal: at most 50 %).")
+                     f"the grid's best val matched at {share(r['frac_to_grid_best'])} of its compute (goal: at most 50 %)."
+                     + (f" {n} seeds: fewer than the {MIN_SEEDS} needed to call anything." if n < MIN_SEEDS else ""))
     return lines
 
 
