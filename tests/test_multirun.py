@@ -32,7 +32,7 @@ def test_grid_over_dropout(tmp_path: Path, hub_stand_in) -> None:
     assert summary["metric"] == "val/price_error", "a --multirun selects on the validation slice, not the test set"
     dropouts = [o.split("=")[1] for job in summary["jobs"] for o in job["overrides"].split() if o.startswith("lora.lora_dropout=")]
     assert sorted(dropouts) == ["0.05", "0.1", "0.2"]
-    assert all(job["status"] == "COMPLETED" and job["objective"] > 0 for job in summary["jobs"])
+    assert all(job["status"] == "COMPLETED" for job in summary["jobs"])  # objectives: checked against metrics.json below
     assert "sweep summary (optimised: val/price_error" in out.stdout + out.stderr
 
     assert len(hub_stand_in.repos) == 3 and all(repo.private for repo in hub_stand_in.repos.values())

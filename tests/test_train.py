@@ -11,6 +11,7 @@ from bitsandbytes.nn import Linear4bit
 from conftest import SMOKE, compose_train, run_cli
 from safetensors.torch import load_file
 
+from pricer import PACKAGE_DIR
 from pricer.config import validate
 from pricer.data import load_slices
 from pricer.evaluate import score_slices
@@ -87,7 +88,12 @@ def test_cli_run_trains_pushes_tracks_and_leaks_no_secret(tmp_path: Path, hub_st
     # Evaluation: the course's metrics beside the constant-mean baseline, and the chart.
     metrics = json.loads((run_dir / "adapter" / "metrics.json").read_text())
     assert metrics["test/items"] == 250 and metrics["baseline/items"] == 250
-    assert metrics["test/price_error"] > 0 and 0 <= metrics["test/hit_rate"] <= 1
+    assert metrics["test/green"] + metrics["test/orange"] + metrics["test/red"] == 250
+    assert metrics["test/hit_rate"] == metrics["test/green"] / 250  # a hit is a green guess
+    with open(PACKAGE_DIR / "sample_data" / "test.jsonl") as f:  # the baseline's error, worked out here
+        truths = [json.loads(line)["price"] for line in f][:250]
+    expected = sum(abs(metrics["baseline/guess"] - truth) for truth in truths) / 250
+    assert metrics["baseline/price_error"] == pytest.approx(expected)
     assert (run_dir / "adapter" / "price_chart.png").stat().st_size > 10_000
     from pricer.evaluate import main as evaluate_cli  # the run dir alone is enough to score it again
 

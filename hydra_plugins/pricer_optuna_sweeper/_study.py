@@ -366,12 +366,21 @@ def _failed(trial: FrozenTrial) -> bool:
 
 
 def _retries_spent(trial: FrozenTrial) -> bool:
-    return len(optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial)) >= MAX_RETRY
+    return len(_retry_history(trial)) >= MAX_RETRY
+
+
+def _retry_history(trial: FrozenTrial) -> list[int]:
+    """The numbers of the trials this one retries, as Optuna's retry callback recorded them."""
+    import warnings
+
+    with warnings.catch_warnings():  # experimental in Optuna 5: the sweeper relies on it knowingly
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial)
 
 
 def _died_reason(trial: FrozenTrial) -> str:
     """Why a FAIL trial without a job error failed: read from Optuna's retry history (a finished trial takes no attrs)."""
-    return (f"its worker died {len(optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial)) + 1} times "
+    return (f"its worker died {len(_retry_history(trial)) + 1} times "
             f"(killed, or its machine lost), more than the retry limit {MAX_RETRY}")
 
 
