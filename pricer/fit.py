@@ -14,7 +14,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from pricer.data import Items
+from pricer.data import Items, fit_to_length
 from pricer.distributed import agreed_signal, barrier, broadcast_object, is_main
 from pricer.interrupt import SignalStop
 from pricer.push import CheckpointPusher
@@ -61,6 +61,8 @@ def fit(model, tokenizer, train_dataset, val: Items | None, *, run_dir: Path, ru
                             use_cpu=accelerator == "cpu")
     stopper = StopOnSignal()
     callbacks = [keeper, RecordCheckpoint(run_dir), stopper, *trial.trial_callbacks(eval_during_training=bool(eval_steps))]
+    if sft.get("max_length"):  # long rows keep their price, as evaluation keeps "Price is $"
+        train_dataset = fit_to_length(train_dataset, tokenizer, sft["max_length"])
     trainer = build_trainer(model, tokenizer, args, build_lora_config(lora), train_dataset, callbacks, compute_dtype)
     speed.causal_mask_only(trainer.model, accelerator)
     if lean_4bit:  # before the batch probe: it counts the fp32 absmax this drops

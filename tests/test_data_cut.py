@@ -56,8 +56,6 @@ def test_a_long_training_row_keeps_its_price(tiny_model_dir: Path, tmp_path: Pat
     assert tokenizer.decode(short["labels"], skip_special_tokens=True) == "7.00"
 
 
-@pytest.mark.xfail(strict=True, reason="pricer.data.fit_to_length is not called yet: train.py/fit.py are not this "
-                                       "change's files (one line asked of their owners, see the issue 28 report)")
 @pytest.mark.slow  # trains
 def test_training_logs_how_many_rows_were_cut(tmp_path: Path) -> None:
     """The real command on data where a few training items are longer than max_length."""
