@@ -7,7 +7,7 @@ Random weights with Llama 3.1 8B's architecture (hidden 4096, 32 layers, 8 KV he
 128,256; speed does not depend on their values) are made once per run and saved with safetensors. Each configuration
 then runs in its own process and loads them its own way: the recipe as the course
 wrote it (transformers + TRL with today's defaults), pricer's through pricer.modeling,
-pricer.training and pricer.speed with a composed hardware/quant preset. So peak
+pricer.sft and pricer.speed with a composed hardware/quant preset. So peak
 memory, Liger's patches and compiled code never carry over from one to the next.
 Items are pricer-shaped: 120..182 tokens, the last 4 the completion (the price, as
 TRL masks the loss to it). Steps are timed between CUDA events (no extra syncs).
@@ -348,7 +348,7 @@ def timed_steps(requested: int, trainer) -> int:
 
 def timed_train(trainer, settings: dict, args, shape: dict, warmup: int | None = None) -> dict:
     """Train warm-up + timed + 1 steps; the median of the timed ones, with the memory they peaked at."""
-    from pricer.training import count_parameters
+    from pricer.sft import count_parameters
 
     warmup = args.warmup if warmup is None else warmup
     steps = timed_steps(args.steps, trainer)
@@ -440,7 +440,8 @@ def composed(overrides: list[str], tiny: bool) -> tuple[dict, dict]:
 def pricer_trainer(model_dir: Path, data, overrides: list[str], args, causal: bool = True):
     """pricer's own path: its preset, its model loading, its trainer, its speed-ups
     (`causal=False` leaves the padding mask in, for the one-change-at-a-time rows)."""
-    from pricer import modeling, speed, training
+    from pricer import modeling, speed
+    from pricer.sft import build_sft_config, build_trainer
 
     sft, own = composed(overrides, args.tiny)
     if own.get("liger"):
@@ -448,10 +449,10 @@ def pricer_trainer(model_dir: Path, data, overrides: list[str], args, causal: bo
     tokenizer = modeling.load_tokenizer(str(model_dir), None, False)
     model = modeling.load_model(str(model_dir), None, False, "sdpa", own["quant"], own["compute_dtype"],
                                 own["accelerator"], tokenizer.pad_token_id)
-    sft_args = training.build_sft_config(sft, output_dir=str(args.results.parent / "pricer"), run_name="bench",
-                                         report_to=[], seed=42, use_cpu=own["accelerator"] == "cpu")
-    trainer = training.build_trainer(model, tokenizer, sft_args, modeling.build_lora_config(own["lora"]), data, [],
-                                     own["compute_dtype"])
+    sft_args = build_sft_config(sft, output_dir=str(args.results.parent / "pricer"), run_name="bench",
+                                report_to=[], seed=42, use_cpu=own["accelerator"] == "cpu")
+    trainer = build_trainer(model, tokenizer, sft_args, modeling.build_lora_config(own["lora"]), data, [],
+                            own["compute_dtype"])
     if causal:
         speed.causal_mask_only(trainer.model, own["accelerator"])
     if own.get("lean_4bit") and own["quant"].get("load_in_4bit"):

@@ -1,7 +1,7 @@
 """Claim a run: its name, dir, Hub repo and W&B run id, decided once, in one place.
 
 A new run's dir was already claimed atomically when Hydra resolved `hydra.run.dir`
-(naming.claim_run_dir: O_EXCL on the name, then mkdir); here the other names follow
+(run_names.claim_run_dir: O_EXCL on the name, then mkdir); here the other names follow
 from it and are written to run.json before anything trains. `resume=` claims the
 names of the run it continues instead, so a resumed run keeps its dir, Hub repo and
 W&B run. Every later step reads the names from the returned Claim, never derives them.
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pricer import distributed, naming, run_lock
+from pricer import distributed, run_lock, run_names
 from pricer.resume import ResumeError, check_continuable, check_same_adapter_shape, owner, read_run, take_resumable, write_run
 
 log = logging.getLogger("pricer")
@@ -62,17 +62,17 @@ def _claim(run_dir: Path, project: str, output_root: str, resume: str | None, ov
         write_run(previous, status="running", resumed=read_run(previous).get("resumed", 0) + 1,
                   world_size=distributed.world_size(), **owner())
         return _from_run_file(previous)
-    start = naming.run_start(run_dir)
-    run_name = naming.claimed_name(run_dir) or naming.claim_run_name(start, Path(output_root) / ".run_names")
+    start = run_names.run_start(run_dir)
+    run_name = run_names.claimed_name(run_dir) or run_names.claim_run_name(start, Path(output_root) / ".run_names")
     repo_id = None
     if push:  # the token is checked now: a refused one ends the run before training, not at its first push
         from pricer import hub
 
-        repo_id = naming.hub_repo_id(hub.checked_account(hf_user, push_attempts, push_wait_s), project, run_name)
+        repo_id = run_names.hub_repo_id(hub.checked_account(hf_user, push_attempts, push_wait_s), project, run_name)
     if not run_lock.acquire(run_dir):  # a dir this process just made: only hydra.run.dir=SOMEONE_ELSES gets here
         raise ResumeError(f"{run_dir} is owned by {run_lock.owner_of(run_dir)}: pass another hydra.run.dir")
-    write_run(run_dir, run_name=run_name, project_run_name=naming.project_run_name(project, run_name), repo_id=repo_id,
-              private=private, group=group, wandb_id=naming.tracker_run_id(), overrides=overrides, started=start.isoformat(),
+    write_run(run_dir, run_name=run_name, project_run_name=run_names.project_run_name(project, run_name), repo_id=repo_id,
+              private=private, group=group, wandb_id=run_names.tracker_run_id(), overrides=overrides, started=start.isoformat(),
               status="running", world_size=distributed.world_size(), **owner())
     return _from_run_file(run_dir)
 

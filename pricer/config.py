@@ -468,7 +468,7 @@ def _check_hardware(hw: dict, sft: dict, choices: dict[str, str], check_machine:
 def _check_hub_names(hub: dict, project: str) -> None:
     """The repo `{hf_user}/{project}-{run name}` must be a name the Hub accepts: checked offline, so a
     bad one stops the run now instead of failing every push of a finished run."""
-    from pricer.naming import is_valid_repo_name
+    from pricer.run_names import is_valid_repo_name
 
     user = hub.get("hf_user")
     if user is not None and not is_valid_repo_name(str(user)):

@@ -54,7 +54,7 @@ def fit(model, tokenizer, train_dataset, val: Items | None, *, run_dir: Path, ru
     from pricer import speed, trial
     from pricer.interrupt import Interrupted
     from pricer.modeling import build_lora_config
-    from pricer.training import build_sft_config, build_trainer
+    from pricer.sft import build_sft_config, build_trainer
 
     checkpoints_dir, adapter_dir = run_dir / "checkpoints", run_dir / "adapter"
     args = build_sft_config(sft, output_dir=str(checkpoints_dir), run_name=run_name, report_to=report_to, seed=seed,
@@ -141,7 +141,7 @@ def train_and_save(trainer, tokenizer, stopper, keeper, checkpoints_dir: Path, a
 
 def log_sizes(trainer, args) -> int:
     """Log parameter counts and the effective batch; returns the trainable parameter count."""
-    from pricer.training import count_parameters
+    from pricer.sft import count_parameters
 
     trainable, total = count_parameters(trainer.model)
     batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size

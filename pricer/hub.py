@@ -41,7 +41,7 @@ def checked_account(hf_user: str | None, attempts: int, wait_s: float) -> str:
 
     from pricer.config import ConfigError
     from pricer.interrupt import Interrupted
-    from pricer.push import call_with_retries, can_succeed_later
+    from pricer.retry import call_with_retries, can_succeed_later
 
     try:
         account = call_with_retries(account_name, "account lookup", attempts, wait_s)

@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from pricer import naming
+from pricer import run_names
 from pricer.claim import Claim, DiskFull, claim_run, drop_unclaimed_dir, recording_status
 from pricer.config import REPORTED_SCORES, ConfigError, RunConfig, check_repeated_overrides, preset_notes, sweep_objective, validate
 from pricer.data import DataError, load_slices
@@ -29,7 +29,7 @@ from pricer.logs import install_log_filters
 from pricer.resume import ResumeError, write_run
 
 log = logging.getLogger("pricer")
-OmegaConf.register_new_resolver("pricer_run_dir", naming.claim_run_dir, replace=True)  # hydra.run.dir: one dir per run
+OmegaConf.register_new_resolver("pricer_run_dir", run_names.claim_run_dir, replace=True)  # hydra.run.dir: one dir per run
 
 
 def train(cfg: DictConfig) -> float:
@@ -108,7 +108,8 @@ def publish(run: RunConfig, claim: Claim, config_yaml: str, metrics: dict) -> No
         return
     from pricer import hub
     from pricer.interrupt import Interrupted
-    from pricer.push import PushFailed, call_with_retries
+    from pricer.push import PushFailed
+    from pricer.retry import call_with_retries
 
     adapter_dir = claim.run_dir / "adapter"
     (adapter_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -165,7 +166,7 @@ def main(cfg: DictConfig) -> float:
             raise  # a sweeper records the failed job and goes on
         if not isinstance(err, Interrupted) or err.step is None:  # nothing of a claimed run is dropped (run.json)
             drop_unclaimed_dir(Path(HydraConfig.get().runtime.output_dir))
-            naming.release_unclaimed(Path(HydraConfig.get().runtime.output_dir))
+            run_names.release_unclaimed(Path(HydraConfig.get().runtime.output_dir))
         bad_input = isinstance(err, (ConfigError, DataError, ResumeError))  # 2; a full disk or a failed push: 1
         sys.exit(128 + err.signum if isinstance(err, Interrupted) else 2 if bad_input else 1)
 

@@ -11,7 +11,7 @@ from conftest import CONF_DIR, ROOT, compose_train
 
 from pricer.config import validate
 from pricer.modeling import build_bnb_config, build_lora_config
-from pricer.training import build_sft_config
+from pricer.sft import build_sft_config
 
 GROUPS = ["model", "lora", "quant", "optimizer", "scheduler", "hardware", "data", "tracking", "experiment"]
 # Options that need a value no preset can know.

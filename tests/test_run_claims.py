@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_cli, run_cli_in_process
 
-from pricer import naming, run_lock
+from pricer import run_lock, run_names
 from pricer.resume import ResumeError, owner, take_resumable, write_run
 
 NAMES = {"run_name": "2024-09-13_13.04.39", "project_run_name": "pricer-2024-09-13_13.04.39", "repo_id": None,
@@ -21,7 +21,7 @@ QUICK = ["experiment=demo", "training.max_steps=2", "training.save_steps=2", "ev
 
 
 def _claim_in_child(root: str, start: str, queue) -> None:
-    queue.put(naming.claim_run_dir(root, datetime.fromisoformat(start)))
+    queue.put(run_names.claim_run_dir(root, datetime.fromisoformat(start)))
 
 
 def test_runs_started_in_the_same_second_claim_distinct_dirs(tmp_path: Path) -> None:
@@ -38,7 +38,7 @@ def test_runs_started_in_the_same_second_claim_distinct_dirs(tmp_path: Path) -> 
     names = [d.name for d in dirs]
     assert names == ["2024-09-13_13.04.39", "2024-09-13_13.04.39_1", "2024-09-13_13.04.39_2", "2024-09-13_13.04.39_3"]
     assert all(d.is_dir() and d.parent == tmp_path / "runs" for d in dirs)
-    assert {naming.run_start(d) for d in dirs} == {datetime.fromisoformat(start)}
+    assert {run_names.run_start(d) for d in dirs} == {datetime.fromisoformat(start)}
 
 
 @pytest.mark.slow

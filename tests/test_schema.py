@@ -103,7 +103,7 @@ def test_each_hardware_key_goes_to_the_trainer_or_to_pricer(hardware: str) -> No
     which would refuse them."""
     from trl import SFTConfig
 
-    from pricer.training import build_sft_config
+    from pricer.sft import build_sft_config
 
     cfg, choices = compose_train([f"hardware={hardware}", "optimizer=adamw_torch"])
     run = validate(cfg, choices, check_machine=False)

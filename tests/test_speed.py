@@ -8,7 +8,7 @@ import torch
 
 from pricer import modeling, speed
 from pricer.frozen4bit import lean_4bit_linears
-from pricer.training import build_sft_config, build_trainer
+from pricer.sft import build_sft_config, build_trainer
 
 NF4_CPU = dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                bnb_4bit_compute_dtype="float32")
