@@ -5,7 +5,7 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
-from pricer.naming import claim_run_name, hub_repo_id, is_valid_repo_name, project_run_name
+from pricer.run_names import claim_run_name, hub_repo_id, is_valid_repo_name, project_run_name
 
 START = datetime(2024, 9, 13, 13, 4, 39)
 
