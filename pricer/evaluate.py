@@ -205,6 +205,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--batch-tokens", type=int, default=None)
     parser.add_argument("--out", default=None, help="default: outputs/eval/{source}[-base][@revision]")
+    parser.add_argument("--tracking", choices=["wandb", "none"], default=None,
+                        help="log the scores as a W&B run of job_type evaluate; default: as the run was tracked")
     args = parser.parse_args(argv)
     sources = [a for a in args.args if "=" not in a]
     if len(sources) > 1:
@@ -304,6 +306,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except DataError as err:  # e.g. the run's data file moved since it trained
         _refuse(f"{err} (data.data_files.SPLIT=PATH or data.path=... on this command line points it elsewhere)")
     prompts, prices, train_prices = slices.test.prompts, slices.test.prices, slices.train_prices
+    backend = (config.get("tracking") or {}).get("backend", "none")
+    if args.tracking is not None:
+        backend = args.tracking
+    from pricer.tracking import preflight
+
+    problem = preflight(backend)  # before the model: W&B's own failure would come after the load
+    if problem:
+        _refuse(problem.replace("pass tracking=none", "pass --tracking none"))
     adapter = None if args.adapter == "none" else args.source
     if adapter and (Path(adapter) / "adapter" / "adapter_config.json").exists():
         adapter = str(Path(adapter) / "adapter")  # a run dir keeps its final adapter in adapter/
@@ -313,7 +323,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{name}: {summary_line(_unprefixed('test', metrics))}")
     print(f"constant mean ${metrics['baseline/guess']:,.2f}: {summary_line(_unprefixed('baseline', metrics))}")
     print(f"wrote {out / METRICS_FILE} and {out / CHART_FILE}")
+    track(backend, config, args, name, out, metrics)
     return metrics
+
+
+def track(backend: str, config: dict[str, Any], args: argparse.Namespace, name: str, out: Path,
+          metrics: dict[str, Any]) -> None:
+    """The scores as a W&B run of job_type `evaluate`, in the project the run tracked to, grouped with
+    the run it re-scores (a run dir: its W&B run's name), so the runs table tells it from training."""
+    if backend == "none":
+        return
+    from pricer import tracking
+    from pricer.resume import RUN_FILE
+    from pricer.run_names import tracker_run_id
+
+    run_file = Path(args.source or "") / RUN_FILE
+    scored = json.loads(run_file.read_text()).get("project_run_name") if args.source and run_file.is_file() else None
+    settings = config.get("tracking") or {}
+    tracking.start(backend, settings.get("project") or config.get("project", "pricer"), f"{name}-eval",
+                   scored or args.source, {"source": args.source, "revision": args.revision, "adapter": args.adapter,
+                                           "items": metrics["test/items"], "out": str(out)},
+                   str(out), tracker_run_id(), settings.get("entity"), settings.get("tags"), job_type="evaluate")
+    tracking.log_summary(backend, metrics, images=[out / CHART_FILE])
+    tracking.finish(backend, "finished")
 
 
 if __name__ == "__main__":

@@ -164,3 +164,15 @@ def test_callback_logs_price_metrics_while_training(run, tmp_path):
     final = price_metrics(predict_prices(model, run.tokenizer, prompts, TOP_K, BATCH_TOKENS), prices)
     assert logged[-1]["eval_price_error"] == pytest.approx(final["price_error"], rel=1e-5)
     assert {"eval_rmsle", "eval_hit_rate", "eval_median_error"} <= set(logged[-1])
+
+
+@pytest.mark.slow  # wandb.init starts W&B's local service process
+def test_cli_logs_its_scores_as_a_wandb_run_of_job_type_evaluate(run, tmp_path):
+    """The runs table tells a re-scoring from training: job_type evaluate, the scores in its summary."""
+    from test_compare_links import wandb_run
+
+    got = main([str(run.dir), "-n", "8", "--out", str(tmp_path), "--tracking", "wandb"])
+    logged = wandb_run(tmp_path)
+    assert logged["job_type"] == "evaluate" and logged["name"] == f"{run.dir.name}-eval"
+    assert logged["config"]["source"] == str(run.dir) and logged["config"]["items"] == 8
+    assert logged["summary"]["test/price_error"] == pytest.approx(got["test/price_error"])
