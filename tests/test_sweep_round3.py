@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
+from test_sweep_resilience import _wait_for
 from test_sweeper import states, study, sweep, toy_env, write_toy
 
 pytestmark = pytest.mark.slow  # sweeps of toy trials in subprocesses
@@ -26,15 +27,6 @@ def start(folder: Path, *overrides: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def wait_for(condition, timeout: float = 90, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not (found := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return found
-
-
 def test_two_identical_sweep_commands_on_one_storage_draw_different_params(toy: Path) -> None:
     """The same command twice at once, one seed, one study: before, both seeded their sampler alike
     (trials so far = 0, worker 0) and ran the same points."""
@@ -49,7 +41,7 @@ def test_two_identical_sweep_commands_on_one_storage_draw_different_params(toy: 
 def test_a_rerun_after_sigkill_says_which_trial_it_waits_for(toy: Path) -> None:
     slow_beat = "hydra.sweeper.heartbeat_interval=5"  # stale 10 s after the kill: longer than the rerun's start-up
     first = start(toy, "hydra.sweeper.n_trials=2", slow_beat, "steps=200", "sleep=0.05")
-    wait_for(lambda: (toy / "sweep" / "multirun.yaml").exists() and any(
+    _wait_for(lambda: (toy / "sweep" / "multirun.yaml").exists() and any(
         t.state == TrialState.RUNNING and "worker" in t.user_attrs for t in study(toy).trials), what="trial 0 to run")
     first.kill()
     first.communicate(timeout=30)
@@ -83,7 +75,7 @@ def test_a_stopped_sweep_past_max_failure_rate_exits_with_the_signal(toy: Path) 
     comes. The sweep exits 128 + SIGTERM, as any stopped sweep (was: 1, the failure-rate error)."""
     proc = start(toy, "hydra.sweeper.n_jobs=2", "hydra.sweeper.max_failure_rate=0.1", "fail_trials=[0]",
                  "fail_after=20", "steps=2000", "sleep=0.05")  # trial 0 fails once trial 1 runs
-    wait_for(lambda: (toy / "sweep" / "multirun.yaml").exists() and {t.state for t in study(toy).trials} >= {
+    _wait_for(lambda: (toy / "sweep" / "multirun.yaml").exists() and {t.state for t in study(toy).trials} >= {
         TrialState.FAIL, TrialState.RUNNING}, what="trial 0 failed while trial 1 runs")
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=60)[0]
