@@ -137,10 +137,21 @@ def disk_full(err: BaseException, run_dir: Path) -> str | None:
             f"its last complete checkpoint is kept; free space, then `python -m pricer.train resume={run_dir}`")
 
 
-def _status_of(err: BaseException) -> str:
+def interruption_in(err: BaseException) -> BaseException | None:
+    """The signal's Interrupted behind an error, if one is: a library may wrap it in its own error
+    (TRL's lazy import turns it into a RuntimeError when the signal lands while it imports)."""
     from pricer.interrupt import Interrupted
 
-    if isinstance(err, Interrupted):
+    seen, depth = err, 0
+    while seen is not None and depth < 20:
+        if isinstance(seen, Interrupted):
+            return seen
+        seen, depth = seen.__cause__ or seen.__context__, depth + 1
+    return None
+
+
+def _status_of(err: BaseException) -> str:
+    if interruption_in(err) is not None:
         return "interrupted"
     try:
         from optuna import TrialPruned

@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from pricer import run_names
-from pricer.claim import Claim, DiskFull, claim_run, drop_unclaimed_dir, recording_status
+from pricer.claim import Claim, DiskFull, claim_run, drop_unclaimed_dir, interruption_in, recording_status
 from pricer.config import REPORTED_SCORES, ConfigError, RunConfig, check_repeated_overrides, preset_notes, sweep_objective, validate
 from pricer.data import DataError, load_slices
 from pricer.distributed import is_main, on_main
@@ -155,10 +155,16 @@ def main(cfg: DictConfig) -> float:
 
     single = HydraConfig.get().mode != RunMode.MULTIRUN  # a sweeper handles signals itself
     try:  # from here a signal ends the run in one line (exit 128 + signal), its dir dropped if still unclaimed;
-        with RaiseOnSignal(None) if single else contextlib.nullcontext():  # training and scoring handle it their way
-            check_repeated_overrides(list(HydraConfig.get().overrides.task))
-            import_trainer_integrations()  # without "Running in WANDB offline mode", printed even with tracking=none
-            return train(cfg)
+        try:
+            with RaiseOnSignal(None) if single else contextlib.nullcontext():  # training and scoring handle it their way
+                check_repeated_overrides(list(HydraConfig.get().overrides.task))
+                import_trainer_integrations()  # without "Running in WANDB offline mode", printed even with tracking=none
+                return train(cfg)
+        except Exception as err:  # a signal a library wrapped in its own error is still the signal
+            interrupted = interruption_in(err)
+            if interrupted is None or interrupted is err:
+                raise
+            raise interrupted from None
     except (ConfigError, DataError, ResumeError, Interrupted, DiskFull, PushFailed) as err:
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)

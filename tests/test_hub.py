@@ -143,7 +143,7 @@ def test_model_card_front_matter_is_valid_hub_metadata(hub_stand_in: HubStandIn)
     assert meta["base_model"] == "meta-llama/Llama-3.1-8B"
     assert meta["datasets"] == ["ed-donner/pricer-data"]
     assert meta["library_name"] == "peft"
-    assert "| train_loss | 1.235 |" in text and "| train_steps | 5 |" in text
+    assert "| `train_loss` | 1.235 |" in text and "| `train_steps` | `5` |" in text  # names as code: inert markdown
     assert CONFIG_YAML.rstrip() in text
     HfApi()._validate_yaml(text)  # the Hub-side check the client makes before committing a README
 

@@ -37,8 +37,8 @@ def test_resume_of_a_run_that_trains_is_refused_naming_its_owner(tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture) -> None:
     run_dir = tmp_path / "runs" / "live"
     training = Training([*LONG, f"output_root={tmp_path}", f"hydra.run.dir={run_dir}"])
-    deadline = time.monotonic() + 240  # claimed: run.json written under the run's lock
-    while not ((run_dir / "run.json").exists() and training.proc.poll() is None):
+    deadline = time.monotonic() + 240  # training: past the claim (run.json, under the run's lock) and its first step
+    while not re.search(rb"\| *[1-9]\d*/5000 \[", training.err):
         assert time.monotonic() < deadline and training.proc.poll() is None, training.err.decode()[-2000:]
         time.sleep(0.1)
     out = run_cli_in_process([*RUN, f"output_root={tmp_path}", f"resume={run_dir}"], monkeypatch, capsys)

@@ -175,6 +175,44 @@ def test_a_signal_handed_to_another_thread_while_workers_start_reaches_every_wor
     assert time.monotonic() - started < 30, "a worker slept on: it never got the signal"
 
 
+def test_a_signal_handed_to_another_thread_while_workers_run_reaches_them(monkeypatch) -> None:
+    """Once the workers run, the sweep process waits for them. A SIGTERM the kernel hands to another of
+    its threads runs the forwarding handler only when the main thread next runs Python: a main thread
+    blocked in waitpid forwarded it only after the workers ended (they ran every trial). Here the main
+    thread blocks SIGTERM once both workers run, so the kernel must hand it to the sender thread."""
+    import threading
+
+    from hydra_plugins.pricer_optuna_sweeper import _workers
+    from hydra_plugins.pricer_optuna_sweeper._signals import SweepStop
+
+    monkeypatch.setattr(sys, "orig_argv", [sys.executable, "-c", "import time; time.sleep(60)"])  # a worker
+    real_start, both_started = _workers._start, threading.Event()
+
+    def start_then_mask(index: int, *args):
+        proc = real_start(index, *args)  # started with SIGTERM unblocked: the mask is inherited
+        if index == 1:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+            both_started.set()
+        return proc
+
+    def send() -> None:
+        both_started.wait()
+        time.sleep(0.5)  # the main thread is waiting for the workers by now
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(_workers, "_start", start_then_mask)
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    started = time.monotonic()
+    try:
+        codes = _workers.run_workers(2, [], [], SweepStop(raise_in_job=False))
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    sender.join()
+    assert codes == [-signal.SIGTERM] * 2, codes
+    assert time.monotonic() - started < 30, "the workers slept on: the signal was never forwarded"
+
+
 @pytest.mark.parametrize("edge", ["before", "opening", "closing"])
 def test_a_signal_on_the_edge_of_the_job_window_is_told_not_raised(edge: str) -> None:
     """Python runs the handler between any two lines. Before the window (claiming, starting the
@@ -278,7 +316,10 @@ TRIALS = [
 
 
 def _sweep_args(tmp_path: Path, *extra: str) -> list[str]:
-    return [*TRIALS, *extra, f"output_root={tmp_path}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    """TRIALS with `extra` in place of the keys it names (a key given twice is refused)."""
+    keys = {e.split("=", 1)[0] for e in extra}
+    base = [a for a in TRIALS if a.split("=", 1)[0] not in keys]
+    return [*base, *extra, f"output_root={tmp_path}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
 
 
 def _start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:

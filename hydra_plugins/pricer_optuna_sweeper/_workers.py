@@ -35,6 +35,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -120,7 +121,12 @@ def run_workers(n_jobs: int, devices: list[str], overrides: list[str], stop: Swe
             sent[proc.pid] = 0
             procs.append(proc)
             deliver()  # a signal that came while it started
-        return [proc.wait() for proc in procs]
+        # Poll, not proc.wait(): a signal the kernel hands another thread runs its Python handler only when the
+        # main thread next runs Python, and a main thread blocked in waitpid would forward it only once a worker
+        # ended (under load the workers then ran every trial, and the sweep exited 143 after them).
+        while any(proc.poll() is None for proc in procs):
+            time.sleep(0.1)
+        return [proc.returncode for proc in procs]
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
