@@ -137,20 +137,9 @@ def disk_full(err: BaseException, run_dir: Path) -> str | None:
             f"its last complete checkpoint is kept; free space, then `python -m pricer.train resume={run_dir}`")
 
 
-def interruption_in(err: BaseException) -> BaseException | None:
-    """The signal's Interrupted behind an error, if one is: a library may wrap it in its own error
-    (TRL's lazy import turns it into a RuntimeError when the signal lands while it imports)."""
-    from pricer.interrupt import Interrupted
-
-    seen, depth = err, 0
-    while seen is not None and depth < 20:
-        if isinstance(seen, Interrupted):
-            return seen
-        seen, depth = seen.__cause__ or seen.__context__, depth + 1
-    return None
-
-
 def _status_of(err: BaseException) -> str:
+    from pricer.interrupt import interruption_in
+
     if interruption_in(err) is not None:
         return "interrupted"
     try:

@@ -141,3 +141,14 @@ class SubmititRequeue(Callback):
                 return
         log.info("SLURM job: %s saved; exiting for SLURM to requeue or end it", signal.Signals(error.signum).name)
         sys.exit(128 + error.signum)
+
+
+def interruption_in(err: BaseException | None) -> Interrupted | None:
+    """The signal's Interrupted behind an error, if one is: a library may re-raise it as its own error
+    (TRL's lazy import turns it into a RuntimeError, OmegaConf into a config error)."""
+    seen, depth = err, 0
+    while seen is not None and depth < 20:
+        if isinstance(seen, Interrupted):
+            return seen
+        seen, depth = seen.__cause__ or seen.__context__, depth + 1
+    return None

@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from pricer import run_names
-from pricer.claim import Claim, DiskFull, claim_run, drop_unclaimed_dir, interruption_in, recording_status
+from pricer.claim import Claim, DiskFull, claim_run, drop_unclaimed_dir, recording_status
 from pricer.config import REPORTED_SCORES, ConfigError, RunConfig, check_repeated_overrides, preset_notes, sweep_objective, validate
 from pricer.data import DataError, load_slices
 from pricer.distributed import is_main, on_main
@@ -149,7 +149,7 @@ def next_command(accelerator: str) -> str:
 def main(cfg: DictConfig) -> float:
     """Hydra's entry: bad input ends with one line naming the fix, not a traceback."""
     install_log_filters()  # first: importing transformers below already imports bitsandbytes
-    from pricer.interrupt import Interrupted, RaiseOnSignal  # here, not at the top: --cfg job must not import torch
+    from pricer.interrupt import Interrupted, RaiseOnSignal, interruption_in  # here, not at the top: --cfg job must not import torch
     from pricer.push import PushFailed
     from pricer.tracking import import_trainer_integrations
 

@@ -36,7 +36,7 @@ import sqlalchemy
 from hydra.core.utils import JobReturn, JobStatus
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from pricer.interrupt import Interrupted
+from pricer.interrupt import Interrupted, interruption_in
 from pricer.logs import masked_url
 from pricer.trial import NAN_AT, PRUNED_AT, SLURM_JOB, open_storage
 
@@ -462,11 +462,9 @@ def _interrupting_signal(error: BaseException | None, stop: SweepStop) -> int | 
     Interrupted is then in the chain. A job that failed while this worker was handling a
     signal counts as interrupted too: a rerun runs it again, and a real failure fails then.
     """
-    seen, depth = error, 0
-    while seen is not None and depth < 20:
-        if isinstance(seen, Interrupted):
-            return seen.signum
-        seen, depth = seen.__cause__ or seen.__context__, depth + 1
+    interrupted = interruption_in(error)
+    if interrupted is not None:
+        return interrupted.signum
     return stop.signum if error is not None else None
 
 
