@@ -81,3 +81,30 @@ def test_a_stopped_sweep_past_max_failure_rate_exits_with_the_signal(toy: Path) 
     out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
     assert "trials failed, more than max_failure_rate=0.1 allows" in out, out[-3000:]
+
+
+def _open_new_study(url: str, barrier) -> None:
+    from hydra_plugins.pricer_optuna_sweeper._study import open_study
+
+    barrier.wait()  # every process creates the tables at the same moment
+    open_study(url, "race", ["minimize"], heartbeat_interval=60, grace_period=None)
+
+
+def test_sweeps_that_open_a_new_sqlite_study_at_once_all_start(tmp_path: Path) -> None:
+    """Sweeps started together on a SQLite file that does not exist yet: each creates Optuna's tables
+    unless they take turns, and all but one died on `UNIQUE constraint failed: alembic_version`."""
+    import multiprocessing
+
+    import optuna
+
+    context = multiprocessing.get_context("spawn")
+    for attempt in range(3):
+        url = f"sqlite:///{tmp_path}/optuna{attempt}.db"
+        barrier = context.Barrier(6)
+        procs = [context.Process(target=_open_new_study, args=(url, barrier)) for _ in range(6)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(timeout=120)
+        assert [proc.exitcode for proc in procs] == [0] * 6, f"attempt {attempt}"
+        assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["race"]

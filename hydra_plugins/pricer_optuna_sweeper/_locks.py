@@ -35,17 +35,33 @@ def file_lock(path: Path) -> Iterator[None]:
 
 @contextmanager
 def database_lock(url: str, name: str) -> Iterator[None]:
-    """PostgreSQL: an advisory lock named `name`, exclusive between sweeps on other machines too."""
-    if not url.startswith("postgresql"):
-        yield
-        return
-    with _engine(url).connect() as conn:
-        key = zlib.crc32(name.encode())
-        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
-        try:
+    """Exclusive between every sweep on this database, whichever sweep dir or machine it runs from.
+
+    PostgreSQL: an advisory lock named `name`. SQLite: a file lock beside the database file
+    (two sweeps started at once on a new file would otherwise both create Optuna's tables, and
+    one dies on a duplicate alembic_version row). Other databases: none.
+    """
+    if url.startswith("postgresql"):
+        with _engine(url).connect() as conn:
+            key = zlib.crc32(name.encode())
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+    elif (database := sqlite_file(url)) is not None:
+        with file_lock(database.with_name(database.name + ".lock")):
             yield
-        finally:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+    else:
+        yield
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL; None for other databases and for SQLite in memory."""
+    parsed = sqlalchemy.engine.make_url(url)
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
 
 
 @lru_cache(maxsize=4)

@@ -40,7 +40,7 @@ from pricer.interrupt import Interrupted, interruption_in
 from pricer.logs import masked_url
 from pricer.trial import NAN_AT, PRUNED_AT, SLURM_JOB, open_storage
 
-from ._locks import database_lock, file_lock, heartbeat
+from ._locks import database_lock, file_lock, heartbeat, sqlite_file
 from ._signals import SweepStop
 from ._space import SweepConfigError, describe
 
@@ -66,8 +66,8 @@ def check_storage(url: str) -> None:
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as err:
         raise SweepConfigError(f"hydra.sweeper.storage={masked_url(url)} is not a database URL SQLAlchemy can open ({err}): "
                                "use e.g. sqlite:////abs/path/optuna.db or postgresql+psycopg2://user:pass@host/db") from None
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        folder = Path(parsed.database).parent
+    if (database := sqlite_file(url)) is not None:
+        folder = database.parent
         if not folder.is_dir():
             raise SweepConfigError(f"hydra.sweeper.storage={url}: folder {folder} does not exist: "
                                    "create it, or leave storage unset for optuna.db in the sweep dir")
