@@ -19,6 +19,7 @@ from typing import Any
 
 from pricer import distributed, run_lock, run_names
 from pricer.resume import ResumeError, check_continuable, check_same_adapter_shape, owner, read_run, take_resumable, write_run
+from pricer.schema import Hub
 
 log = logging.getLogger("pricer")
 
@@ -34,20 +35,17 @@ class Claim:
     resumed: int  # how many times this run was resumed
 
 
-def claim_run(run_dir: Path, project: str, output_root: str, resume: str | None, overrides: list[str],
-              push: bool, hf_user: str | None, private: bool, push_attempts: int, push_wait_s: float,
+def claim_run(run_dir: Path, project: str, output_root: str, resume: str | None, overrides: list[str], hub: Hub,
               group: str | None, lora: dict[str, Any], force: bool = False) -> Claim:
     """This run's names, or, with `resume=`, the names of the run it continues.
 
     `run_dir` is the dir Hydra made for this process; `overrides` are the command line's
     (resume=auto finds an unfinished run started with the same ones). On several ranks rank 0
     claims (or finds the run to resume) and every rank gets its Claim. `force`: resume_force (resume.check_continuable)."""
-    return distributed.on_main(lambda: _claim(run_dir, project, output_root, resume, overrides, push, hf_user, private,
-                                              push_attempts, push_wait_s, group, lora, force))
+    return distributed.on_main(lambda: _claim(run_dir, project, output_root, resume, overrides, hub, group, lora, force))
 
 
-def _claim(run_dir: Path, project: str, output_root: str, resume: str | None, overrides: list[str],
-           push: bool, hf_user: str | None, private: bool, push_attempts: int, push_wait_s: float,
+def _claim(run_dir: Path, project: str, output_root: str, resume: str | None, overrides: list[str], hub: Hub,
            group: str | None, lora: dict[str, Any], force: bool) -> Claim:
     overrides = sorted(o for o in overrides if not o.startswith("resume="))
     previous = take_resumable(resume, Path(output_root), overrides) if resume else None  # locked for this process
@@ -65,14 +63,14 @@ def _claim(run_dir: Path, project: str, output_root: str, resume: str | None, ov
     start = run_names.run_start(run_dir)
     run_name = run_names.claimed_name(run_dir) or run_names.claim_run_name(start, Path(output_root) / ".run_names")
     repo_id = None
-    if push:  # the token is checked now: a refused one ends the run before training, not at its first push
-        from pricer import hub
+    if hub.push:  # the token is checked now: a refused one ends the run before training, not at its first push
+        from pricer.hub import checked_account
 
-        repo_id = run_names.hub_repo_id(hub.checked_account(hf_user, push_attempts, push_wait_s), project, run_name)
+        repo_id = run_names.hub_repo_id(checked_account(hub.hf_user, hub.push_attempts, hub.push_wait_s), project, run_name)
     if not run_lock.acquire(run_dir):  # a dir this process just made: only hydra.run.dir=SOMEONE_ELSES gets here
         raise ResumeError(f"{run_dir} is owned by {run_lock.owner_of(run_dir)}: pass another hydra.run.dir")
     write_run(run_dir, run_name=run_name, project_run_name=run_names.project_run_name(project, run_name), repo_id=repo_id,
-              private=private, group=group, wandb_id=run_names.tracker_run_id(), overrides=overrides, started=start.isoformat(),
+              private=hub.private, group=group, wandb_id=run_names.tracker_run_id(), overrides=overrides, started=start.isoformat(),
               status="running", world_size=distributed.world_size(), **owner())
     return _from_run_file(run_dir)
 

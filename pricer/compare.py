@@ -16,8 +16,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from pricer.config import REPORTED_SCORES
 from pricer.logs import masked_url
+from pricer.objectives import REPORTED_SCORES
 
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
 # the FrozenTrial attributes the table reads through study.trials_dataframe

@@ -181,14 +181,21 @@ def load_for_eval(config: dict[str, Any], adapter: str | None, revision: str | N
     """Tokenizer and model as the run trained them, with the adapter on top if given."""
     import torch
 
+    from pricer.config import as_group
+    from pricer.config_errors import ConfigError
     from pricer.modeling import load_for_run
+    from pricer.schema import Model
 
     hardware = config["hardware"]
+    try:
+        model_group = as_group(Model, config["model"], "model")
+    except ConfigError as err:
+        _refuse(str(err))
     if hardware["accelerator"] == "cuda" and not torch.cuda.is_available():
         raise SystemExit("this run used a GPU and this machine has none: add hardware.accelerator=cpu "
                          "hardware.compute_dtype=float32 (and quant.bnb_4bit_compute_dtype=float32 with nf4)")
     # liger as in training: 12-17 % more items/s on an H200 (BENCHMARKS.md)
-    tokenizer, model = load_for_run(config["model"], config["quant"] or {}, hardware["compute_dtype"],
+    tokenizer, model = load_for_run(model_group, config["quant"] or {}, hardware["compute_dtype"],
                                     hardware["accelerator"], bool(hardware.get("liger")), adapter, revision)
     return model, tokenizer
 
@@ -236,27 +243,30 @@ def _refuse(message: str) -> NoReturn:
 
 def _check_evaluation_keys(overrides: list[str]) -> None:
     """`evaluation.KEY=...` must name a key of the group: a saved run config would take a typo silently."""
-    from pricer.config import ConfigError, Evaluation, _check_known, schema_fields
+    from dataclasses import fields
+
+    from pricer.config_errors import ConfigError, check_known
+    from pricer.schema import Evaluation
 
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
     given = {key.split(".", 1)[1]: None for key in keys if key.startswith("evaluation.")}
     try:
-        _check_known("evaluation", given, set(schema_fields(Evaluation)))
+        check_known("evaluation", given, {f.name for f in fields(Evaluation)})
     except ConfigError as err:
         _refuse(str(err))
 
 
 def _check_evaluation_values(evaluation: dict[str, Any]) -> None:
-    """The evaluation group's values against their schema types (a saved run config takes `top_k=abc` as text,
+    """The evaluation group's values against the schema (a saved run config takes `top_k=abc` as text,
     which would fail after the model load)."""
-    from pricer.config import ConfigError, Evaluation, _check_value, schema_fields
+    from pricer.config import as_group
+    from pricer.config_errors import ConfigError
+    from pricer.schema import Evaluation
 
-    for key, annotation in schema_fields(Evaluation).items():
-        if key in evaluation:
-            try:
-                _check_value(f"evaluation.{key}", evaluation[key], annotation)
-            except ConfigError as err:
-                _refuse(str(err))
+    try:
+        as_group(Evaluation, evaluation, "evaluation")
+    except ConfigError as err:
+        _refuse(str(err))
 
 
 def _looks_local(source: str) -> bool:
@@ -283,12 +293,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     install_log_filters()
     args = _parse_args(argv)
-    from hydra.errors import HydraException
+    from pricer.config_errors import ConfigError, library_errors_in_one_line
 
     try:
-        config = run_config(args.source, args.revision, args.overrides)
-    except HydraException as err:  # an override conf/train.yaml cannot take, e.g. model=nope
-        _refuse(str(err).strip().splitlines()[0])
+        with library_errors_in_one_line():
+            config = run_config(args.source, args.revision, args.overrides)
+    except ConfigError as err:  # an override conf/train.yaml cannot take, e.g. model=nope or top_k=abc
+        _refuse(str(err))
     saved = config["evaluation"]
     _check_evaluation_values(saved)
     items = args.items or saved["test_items"]

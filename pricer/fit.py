@@ -19,6 +19,7 @@ from pricer.distributed import agreed_signal, barrier, broadcast_object, is_main
 from pricer.interrupt import SignalStop
 from pricer.push import CheckpointPusher
 from pricer.resume import read_run, write_run
+from pricer.schema import Evaluation, Hardware, Hub
 
 log = logging.getLogger("pricer")
 
@@ -42,15 +43,21 @@ class RecordCheckpoint(TrainerCallback):
 class CheckpointKeeper(CheckpointPusher, TrainerCallback):
     """pricer.push's checkpoint pusher as a Trainer callback: pushes and rotates each saved checkpoint."""
 
+    @classmethod
+    def for_run(cls, run_dir: Path, repo_id: str | None, hub: Hub, keep: int | None) -> "CheckpointKeeper":
+        """Pushes each checkpoint to `repo_id` where hub.hub_strategy is every_save; only rotates them otherwise."""
+        every_save = repo_id if hub.hub_strategy == "every_save" else None
+        return cls(run_dir, every_save, hub.private, keep, hub.push_attempts, hub.push_wait_s)
+
 
 def fit(model, tokenizer, train_dataset, val: Items | None, *, run_dir: Path, run_name: str, sft: dict[str, Any],
-        lora: dict[str, Any], seed: int, accelerator: str, compute_dtype: str, report_to: list[str], keeper,
-        eval_steps: int | None, top_k: int, batch_tokens: int, lean_4bit: bool, memory_gib: float | None,
-        compile_layers: bool):
+        lora: dict[str, Any], seed: int, hardware: Hardware, evaluation: Evaluation, report_to: list[str],
+        keeper: CheckpointKeeper, lean_4bit: bool, auto_batch_size: bool):
     """The trained PEFT model and the run's training numbers (loss, steps, seconds, trainable params).
 
-    `memory_gib=None` keeps `sft`'s batch size; a number measures peak memory and fills it.
-    `keeper` (CheckpointKeeper) pushes and rotates checkpoints as they are saved."""
+    `auto_batch_size` measures peak memory and fills hardware.memory_gib; otherwise `sft`'s batch size
+    stays. `lean_4bit`: hardware.lean_4bit where the base is 4-bit. `keeper` pushes and rotates
+    checkpoints as they are saved."""
     from pricer import speed, trial
     from pricer.interrupt import Interrupted
     from pricer.modeling import build_lora_config
@@ -58,13 +65,15 @@ def fit(model, tokenizer, train_dataset, val: Items | None, *, run_dir: Path, ru
 
     checkpoints_dir, adapter_dir = run_dir / "checkpoints", run_dir / "adapter"
     args = build_sft_config(sft, output_dir=str(checkpoints_dir), run_name=run_name, report_to=report_to, seed=seed,
-                            use_cpu=accelerator == "cpu")
+                            use_cpu=hardware.accelerator == "cpu")
     stopper = StopOnSignal()
+    eval_steps = evaluation.eval_steps
     callbacks = [keeper, RecordCheckpoint(run_dir), stopper, *trial.trial_callbacks(eval_during_training=bool(eval_steps))]
     if sft.get("max_length"):  # long rows keep their price, as evaluation keeps "Price is $"
         train_dataset = fit_to_length(train_dataset, tokenizer, sft["max_length"])
-    trainer = build_trainer(model, tokenizer, args, build_lora_config(lora), train_dataset, callbacks, compute_dtype)
-    speed.causal_mask_only(trainer.model, accelerator)
+    trainer = build_trainer(model, tokenizer, args, build_lora_config(lora), train_dataset, callbacks,
+                            hardware.compute_dtype)
+    speed.causal_mask_only(trainer.model, hardware.accelerator)
     if lean_4bit:  # before the batch probe: it counts the fp32 absmax this drops
         from pricer.frozen4bit import lean_4bit_linears
 
@@ -72,19 +81,19 @@ def fit(model, tokenizer, train_dataset, val: Items | None, *, run_dir: Path, ru
     if eval_steps:
         from pricer.evaluate import price_eval_callback
 
-        trainer.add_callback(price_eval_callback(trainer, val.prompts, val.prices, eval_steps, top_k, batch_tokens,
-                                                 sft["max_length"]))
-    if memory_gib is not None:  # before compiling: the probe then measures eager memory, the safe side
+        trainer.add_callback(price_eval_callback(trainer, val.prompts, val.prices, eval_steps, evaluation.top_k,
+                                                 evaluation.batch_tokens, sft["max_length"]))
+    if auto_batch_size:  # before compiling: the probe then measures eager memory, the safe side
         # once per run: a resume (maybe on another GPU after a requeue) keeps the batch, so the schedule
         # and the batches it skips on resume stay the first attempt's
         stored = read_run(run_dir).get("auto_batch_size")
-        picked = broadcast_object(stored or speed.pick_batch_size(speed.step_runner(trainer), memory_gib))
+        picked = broadcast_object(stored or speed.pick_batch_size(speed.step_runner(trainer), hardware.memory_gib))
         if stored:
             log.info("per_device_train_batch_size=auto: %d, as the run's first attempt picked it", picked)
         elif is_main():
             write_run(run_dir, auto_batch_size=picked)
         speed.set_batch_size(trainer, picked)  # several ranks: all take rank 0's pick
-    if compile_layers:
+    if hardware.compile:
         speed.compile_layers(trainer.model)
     trainable = log_sizes(trainer, args)
     training = read_run(run_dir).get("trained")  # set once training ended: a resume then only evaluates

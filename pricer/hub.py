@@ -39,7 +39,7 @@ def checked_account(hf_user: str | None, attempts: int, wait_s: float) -> str:
     first save, so with hub.hf_user given the run goes on (its pushes retry and wait)."""
     import logging
 
-    from pricer.config import ConfigError
+    from pricer.config_errors import ConfigError
     from pricer.interrupt import Interrupted
     from pricer.retry import call_with_retries, can_succeed_later
 

@@ -20,7 +20,8 @@ BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 class CheckJobConfigs(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from pricer.config import ConfigError, check_repeated_overrides
+        from pricer.config_errors import ConfigError
+        from pricer.presets import check_repeated_overrides
 
         try:  # `lora=r8 lora=r64`: either sweeper keeps the last silently
             check_repeated_overrides(list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False)))
@@ -57,21 +58,22 @@ def first_bad_job(config: DictConfig, jobs: list[list[str]]) -> str | None:
     Machine checks (a GPU, a token) are left to each job: they are the same for every job, and
     the first job refuses them in one line before it loads anything."""
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
 
-    from pricer.config import ConfigError, validate
+    from pricer.config import validate
+    from pricer.config_errors import ConfigError, library_errors_in_one_line
     from pricer.logs import install_log_filters
 
     install_log_filters()  # validate imports bitsandbytes, whose import notice asks for nothing useful
     loader = GlobalHydra.instance().config_loader()
     for number, overrides in enumerate(jobs):
         try:
-            cfg = loader.load_sweep_config(config, list(overrides))
+            with library_errors_in_one_line():  # a value the schema refuses, while Hydra composes the job
+                cfg = loader.load_sweep_config(config, list(overrides))
             choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if v is not None}
             with read_write(cfg), open_dict(cfg):
                 del cfg["hydra"]  # what the job gets
             validate(cfg, choices, check_machine=False)
-        except (ConfigError, HydraException) as err:
+        except ConfigError as err:
             swept = " ".join(overrides)
             return (f"job {number} of {len(jobs)} ({swept}): {str(err).strip().splitlines()[0]} "
                     "(no job was started: fix that value and run the sweep again)")

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from pricer import PACKAGE_DIR
+from pricer.schema import Model
 
 
 def build_bnb_config(quant: dict[str, Any]):
@@ -96,17 +97,17 @@ def load_model(
     return model
 
 
-def load_for_run(model: dict[str, Any], quant: dict[str, Any], compute_dtype: str, accelerator: str, liger: bool,
+def load_for_run(model: Model, quant: dict[str, Any], compute_dtype: str, accelerator: str, liger: bool,
                  adapter: str | None = None, adapter_revision: str | None = None):
     """Tokenizer and base model as a run uses them, with a saved adapter on top if given: the one
     loader of training (no adapter: the trainer adds LoRA) and of pricer.evaluate.
 
-    `model` is the model group's keys. The tokenizer comes from the base model: training does
+    The tokenizer comes from the base model: training does
     not change it, so one path serves runs, Hub repos and the base model alone."""
-    path = model["pretrained_model_name_or_path"]
-    if model.get("build_tiny"):
+    path = model.pretrained_model_name_or_path
+    if model.build_tiny:
         ensure_tiny_model(path)
-    tokenizer = load_tokenizer(path, model["revision"], model["trust_remote_code"])
+    tokenizer = load_tokenizer(path, model.revision, model.trust_remote_code)
     if liger:  # patches transformers' Llama classes: before the model exists
         from pricer import speed
 
@@ -119,7 +120,7 @@ def load_for_run(model: dict[str, Any], quant: dict[str, Any], compute_dtype: st
         import torch
 
         torch.backends.cuda.enable_cudnn_sdp(False)
-    base = load_model(path, model["revision"], model["trust_remote_code"], model["attn_implementation"], quant or {},
+    base = load_model(path, model.revision, model.trust_remote_code, model.attn_implementation, quant or {},
                       compute_dtype, accelerator, tokenizer.pad_token_id)
     if adapter is None:
         return tokenizer, base

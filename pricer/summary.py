@@ -24,7 +24,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from pricer.config import HIGHER_IS_BETTER, sweep_objective
+from pricer.objectives import HIGHER_IS_BETTER, sweep_objective
 
 log = logging.getLogger("pricer")
 

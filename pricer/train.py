@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -22,10 +23,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from pricer import run_names
 from pricer.claim import Claim, DiskFull, claim_run, drop_unclaimed_dir, recording_status
-from pricer.config import REPORTED_SCORES, ConfigError, RunConfig, check_repeated_overrides, preset_notes, sweep_objective, validate
+from pricer.config import RunConfig, validate
+from pricer.config_errors import ConfigError, hydra_raises, library_errors_in_one_line
 from pricer.data import DataError, load_slices
 from pricer.distributed import is_main, on_main
 from pricer.logs import install_log_filters
+from pricer.objectives import REPORTED_SCORES, sweep_objective
+from pricer.presets import check_repeated_overrides, preset_notes
 from pricer.resume import ResumeError, write_run
 
 log = logging.getLogger("pricer")
@@ -47,48 +51,45 @@ def train(cfg: DictConfig) -> float:
     from pricer.interrupt import RaiseOnSignal
     from pricer.metrics import run_report
 
-    evaluation, data = run.evaluation, run.data
-    holds_out = bool(evaluation["eval_steps"]) or run.optimized_metric.startswith("val/")
-    slices = load_slices(data["path"], data["data_files"], data["revision"], data["max_train_samples"],
-                         evaluation["test_items"], evaluation["val_items"] if holds_out else None)  # before the claim:
+    evaluation, data, hardware = run.evaluation, run.data, run.hardware
+    holds_out = bool(evaluation.eval_steps) or run.optimized_metric.startswith("val/")
+    slices = load_slices(data.path, data.data_files, data.revision, data.max_train_samples,
+                         evaluation.test_items, evaluation.val_items if holds_out else None)  # before the claim:
     # a data problem leaves no run behind
     claim = claim_run(Path(hydra_cfg.runtime.output_dir), run.project, run.output_root, run.resume or trial.resumable_run_dir(),
-                      list(hydra_cfg.overrides.task), run.hub["push"], run.hub["hf_user"], run.hub["private"],
-                      run.hub["push_attempts"], run.hub["push_wait_s"],
-                      f"sweep-{Path(hydra_cfg.sweep.dir).name}" if multirun else None, run.lora, force=run.resume_force)
+                      list(hydra_cfg.overrides.task), run.hub, f"sweep-{Path(hydra_cfg.sweep.dir).name}" if multirun else None,
+                      run.lora, force=run.resume_force)
     run_dir, adapter_dir = claim.run_dir, claim.run_dir / "adapter"
     log.info("run %s -> %s (hub: %s)", claim.project_run_name, run_dir, claim.repo_id or "off")
     trial.set_trial_attrs(run_dir=str(run_dir.absolute()), hub_repo=claim.repo_id, wandb_run=claim.project_run_name)
 
     # run.json says failed, interrupted, pruned or finished, whatever happens; end_job runs last
-    with recording_status(run_dir, functools.partial(end_job, run.tracking["backend"])):
-        tokenizer, model = modeling.load_for_run(run.model, run.quant, run.compute_dtype, run.accelerator, run.liger)
+    with recording_status(run_dir, functools.partial(end_job, str(run.tracking.backend))):
+        tokenizer, model = modeling.load_for_run(run.model, run.quant, hardware.compute_dtype, hardware.accelerator,
+                                                 hardware.liger)
         config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         tracked_config = OmegaConf.to_container(cfg, resolve=True) | {
             "run_name": claim.run_name, "hub_repo": claim.repo_id, "trial": trial.current_trial_info()}
-        report_to = tracking.start(run.tracking["backend"], run.tracking.get("project", run.project),
+        report_to = tracking.start(str(run.tracking.backend), run.tracking.project or run.project,
                                    claim.project_run_name, claim.group, tracked_config, str(run_dir), claim.wandb_id,
-                                   run.tracking.get("entity"), tracking.preset_tags(choices, run.tracking.get("tags")),
+                                   run.tracking.entity, tracking.preset_tags(choices, run.tracking.tags),
                                    job_type="trial" if tracked_config["trial"] else "train",
                                    storage=os.environ.get(trial.ENV_STORAGE), link=trial.set_trial_attrs)
-        keeper = fit.CheckpointKeeper(run_dir, claim.repo_id if run.hub["hub_strategy"] == "every_save" else None,
-                                      run.hub["private"], run.sft["save_total_limit"], run.hub["push_attempts"],
-                                      run.hub["push_wait_s"])
+        keeper = fit.CheckpointKeeper.for_run(run_dir, claim.repo_id, run.hub, run.sft["save_total_limit"])
         model, training = fit.fit(
             model, tokenizer, slices.train, slices.val, run_dir=run_dir, run_name=claim.project_run_name,
-            sft=run.sft, lora=run.lora, seed=run.seed, accelerator=run.accelerator, compute_dtype=run.compute_dtype,
-            report_to=report_to, keeper=keeper, eval_steps=evaluation["eval_steps"], top_k=evaluation["top_k"],
-            batch_tokens=evaluation["batch_tokens"], lean_4bit=run.lean_4bit and bool(run.quant.get("load_in_4bit")),
-            memory_gib=run.memory_gib if run.auto_batch_size else None, compile_layers=run.compile)
+            sft=run.sft, lora=run.lora, seed=run.seed, hardware=hardware, evaluation=evaluation, report_to=report_to,
+            keeper=keeper, lean_4bit=hardware.lean_4bit and bool(run.quant.get("load_in_4bit")),
+            auto_batch_size=run.auto_batch_size)
         with RaiseOnSignal(training["train_steps"]):  # a signal now ends the run at once: a resume evaluates
             metrics = on_main(lambda: evaluate.score_slices(  # once, on rank 0: every rank gets its numbers
-                model, tokenizer, slices, adapter_dir, evaluation["top_k"], evaluation["batch_tokens"],
+                model, tokenizer, slices, adapter_dir, evaluation.top_k, evaluation.batch_tokens,
                 run.sft["max_length"], claim.project_run_name) | training)
-        tracking.log_summary(run.tracking["backend"], metrics, images=[adapter_dir / "price_chart.png"])
+        tracking.log_summary(str(run.tracking.backend), metrics, images=[adapter_dir / "price_chart.png"])
         publish(run, claim, config_yaml, metrics)
         trial.set_trial_attrs(**{k: metrics[k] for k in REPORTED_SCORES if k in metrics})  # pricer.compare's columns
-    for line in run_report(metrics, describe_model(run), f"data={choices.get('data')} ({data['path']})",
-                           len(slices.train), run_dir, next_command(run.accelerator)) if is_main() else []:
+    for line in run_report(metrics, describe_model(run), f"data={choices.get('data')} ({data.path})",
+                           len(slices.train), run_dir, next_command(hardware.accelerator)) if is_main() else []:
         log.info("%s", line)
     return metrics[run.optimized_metric]
 
@@ -114,15 +115,15 @@ def publish(run: RunConfig, claim: Claim, config_yaml: str, metrics: dict) -> No
     adapter_dir = claim.run_dir / "adapter"
     (adapter_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (adapter_dir / "config.yaml").write_text(config_yaml)  # resolved: what the run really used
-    dataset = run.data["path"] if run.data["data_files"] is None else "local files"
-    card = hub.model_card(claim.repo_id or claim.project_run_name, run.model["pretrained_model_name_or_path"],
+    dataset = run.data.path if run.data.data_files is None else "local files"
+    card = hub.model_card(claim.repo_id or claim.project_run_name, run.model.pretrained_model_name_or_path,
                           dataset, claim.run_name, config_yaml, metrics)
     (adapter_dir / "README.md").write_text(card)
     if claim.repo_id is None:
         return
     try:
-        call_with_retries(lambda: hub.push_final(claim.repo_id, adapter_dir, run.hub["private"]), "final adapter",
-                          run.hub["push_attempts"], run.hub["push_wait_s"])
+        call_with_retries(lambda: hub.push_final(claim.repo_id, adapter_dir, run.hub.private), "final adapter",
+                          run.hub.push_attempts, run.hub.push_wait_s)
     except Interrupted:
         raise  # a signal mid-push: the run is interrupted, and a resume publishes again
     except Exception as err:  # the run ends non-zero: its files stay, and `pricer.push` finishes the push
@@ -135,7 +136,7 @@ def publish(run: RunConfig, claim: Claim, config_yaml: str, metrics: dict) -> No
 
 def describe_model(run: RunConfig) -> str:
     weights = "4-bit" if run.quant.get("load_in_4bit") else "8-bit" if run.quant.get("load_in_8bit") else "16/32-bit"
-    return f"{Path(run.model['pretrained_model_name_or_path']).name} ({weights} weights)"
+    return f"{Path(run.model.pretrained_model_name_or_path).name} ({weights} weights)"
 
 
 def next_command(accelerator: str) -> str:
@@ -177,5 +178,19 @@ def main(cfg: DictConfig) -> float:
         sys.exit(128 + err.signum if isinstance(err, Interrupted) else 2 if bad_input else 1)
 
 
+def cli() -> None:
+    """`python -m pricer.train`: a key or value the schema refuses while Hydra composes (before `main`
+    runs) ends in one line and exit 2, as every other bad input does, not in Hydra's report."""
+    try:
+        with hydra_raises(), library_errors_in_one_line():
+            main()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except Exception:  # a failure the run has no better words for: its traceback and exit 1, as Hydra ends it
+        traceback.print_exc()
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -93,7 +93,7 @@ def raise_if_pruned() -> None:
 
 def _runs_with(series: str, direction: str) -> bool:
     """Whether a series' better side is `direction`; True for a series pricer does not know (the user's own)."""
-    from pricer.config import HIGHER_IS_BETTER, SCORES
+    from pricer.objectives import HIGHER_IS_BETTER, SCORES
 
     name = series.replace("/", "_")
     if name in ("loss", "train_loss", "eval_loss"):

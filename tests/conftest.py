@@ -58,8 +58,10 @@ def offline_env(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 def compose_train(overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
     """The composed config (without Hydra's own section) and the chosen presets."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    from pricer.config_errors import library_errors_in_one_line
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"), library_errors_in_one_line():
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)  # refused as pricer.train says it
     choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if v is not None}
     with_hydra = OmegaConf.to_container(cfg, resolve=False)
     del with_hydra["hydra"]

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import compose_train, run_cli_in_process
 
-from pricer.config import ConfigError, validate
+from pricer.config import validate
+from pricer.config_errors import ConfigError
 from pricer.data import DataError, load_splits
 
 DEMO = ["experiment=demo"]
@@ -31,20 +32,20 @@ BAD_CONFIGS = [
     ([*DEMO, "hardware.fp16=true"], "hardware=cpu trains in fp32"),
     ([*DEMO, "hub.push=true"], "hub.push=true needs a Hugging Face token"),
     ([*DEMO, "optimized_metric=accuracy"], "optimized_metric=accuracy is not one of"),
-    ([*DEMO, "data=local"], "MissingMandatoryValue"),
+    ([*DEMO, "data=local"], "data.data_files.train is missing: add it to the config or pass data.data_files.train="),
     ([*DEMO, "+optimizer.lr=0.1"], "optimizer.lr is not a known key"),
     ([*DEMO, "+model.trust_remote=true"], "model.trust_remote is not a known key (did you mean model.trust_remote_code?)"),
     ([*DEMO, "+lerning_rate=0.1"], "lerning_rate is not a known key"),
     ([*DEMO, "hub.hub_strategy=sometimes"], "hub.hub_strategy=sometimes is not one of every_save, end"),
-    ([*DEMO, "hub.private=maybe"], "hub.private='maybe' must be bool"),
-    ([*DEMO, "hub.push_attempts=two"], "hub.push_attempts='two' must be int"),
-    ([*DEMO, "hardware.dataloader_num_workers=two"], "hardware.dataloader_num_workers='two' must be int"),
+    ([*DEMO, "hub.private=maybe"], "hub.private='maybe' must be true or false"),
+    ([*DEMO, "hub.push_attempts=two"], "hub.push_attempts='two' must be an integer"),
+    ([*DEMO, "hardware.dataloader_num_workers=two"], "hardware.dataloader_num_workers='two' must be an integer"),
     ([*DEMO, "hardware.per_device_train_batch_size=0"], "per_device_train_batch_size=0 must be a positive integer"),
     ([*DEMO, "hardware.compute_dtype=float8"], "hardware.compute_dtype=float8 is not one of"),
     ([*DEMO, "tracking=wandb", "tracking.backend=mlflow"], "tracking.backend=mlflow is not one of wandb, none"),
     ([*DEMO, "data.max_train_samples=0"], "data.max_train_samples=0 must be a positive integer or null"),
     ([*DEMO, "training.max_length=-1"], "max_length=-1 must be a positive integer"),
-    ([*DEMO, "model.revision=3"], "model.revision=3 must be str or null"),
+    ([*DEMO, "model.revision=[main]"], "model.revision=['main'] must be a string or null"),
     # checked against the library's own field annotations (LoraConfig, SFTConfig) or object (BitsAndBytesConfig)
     ([*DEMO, "optimizer.learning_rate=fast"], "optimizer.learning_rate='fast' must be a number"),
     ([*DEMO, "scheduler.warmup_steps=abc"], "scheduler.warmup_steps='abc' must be a number"),
@@ -64,8 +65,8 @@ BAD_CONFIGS = [
     ([*DEMO, "lora.target_modules=[]"], "lora.target_modules is empty"),
     ([*DEMO, "lora.r=2.5"], "lora.r=2.5 must be an integer"),
     ([*DEMO, "+lora.use_rslora=maybe"], "lora.use_rslora='maybe' must be true or false"),
-    ([*DEMO, "hardware.memory_gib=-4"], "hardware.memory_gib=-4 must be positive"),
-    ([*DEMO, "hardware.gradient_checkpointing=1"], "hardware.gradient_checkpointing=1 must be bool"),
+    ([*DEMO, "hardware.memory_gib=-4"], "hardware.memory_gib=-4.0 must be positive"),
+    ([*DEMO, "hardware.gradient_checkpointing=often"], "hardware.gradient_checkpointing='often' must be true or false"),
     ([*DEMO, "optimized_metric=val/price_eror"], "optimized_metric=val/price_eror is not one of"),
 ]
 
@@ -91,8 +92,8 @@ def test_bad_config_is_one_clear_line(overrides: list[str], message: str, tmp_pa
     assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0], errors
     assert not loads, "refused before any model load"
     assert not list(tmp_path.glob("runs/*")), "no run dir left behind"
-    cfg, choices = compose_train(overrides)  # and the validator alone says the same
-    with pytest.raises(ConfigError, match=re.escape(message)):
+    with pytest.raises(ConfigError, match=re.escape(message)):  # composing (the schema) and validating say the same
+        cfg, choices = compose_train(overrides)
         validate(cfg, choices)
 
 

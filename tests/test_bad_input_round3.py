@@ -151,7 +151,7 @@ def test_evaluate_top_k_that_is_no_number(tmp_path: Path, monkeypatch: pytest.Mo
     """A saved run config took `evaluation.top_k=abc` as text: a TypeError after the model load."""
     run = saved_run(tmp_path / "run", [])
     out = evaluate_in_process([str(run), "evaluation.top_k=abc", "--out", str(tmp_path / "eval")], monkeypatch, capsys)
-    one_error_line(out, "evaluation.top_k='abc' must be int")
+    one_error_line(out, "evaluation.top_k='abc' must be an integer")
     assert not (tmp_path / "eval").exists()
 
 

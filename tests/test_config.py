@@ -71,9 +71,9 @@ def test_every_option_builds(group: str, option: str) -> None:
     assert sft.save_total_limit is None
     assert (bnb is None) == (not run.quant)
 
-    assert (sft.bf16, sft.fp16) == (run.compute_dtype == "bfloat16", run.compute_dtype == "float16")
+    assert (sft.bf16, sft.fp16) == (run.hardware.compute_dtype == "bfloat16", run.hardware.compute_dtype == "float16")
     if bnb is not None and bnb.load_in_4bit:
-        assert bnb.bnb_4bit_compute_dtype == getattr(torch, run.compute_dtype), "4-bit matmuls in the trainer's dtype"
+        assert bnb.bnb_4bit_compute_dtype == getattr(torch, run.hardware.compute_dtype), "4-bit matmuls in the trainer's dtype"
 
     model = get_peft_model(llama_on_meta(), lora)
     adapted = {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
@@ -91,8 +91,8 @@ def test_every_option_builds(group: str, option: str) -> None:
 def test_defaults_reproduce_the_notebook() -> None:
     """The course notebook's values (conf/train.yaml says where each comes from), value by value."""
     run, lora, bnb, sft = build_all([])
-    assert run.model["pretrained_model_name_or_path"] == "meta-llama/Meta-Llama-3.1-8B"
-    assert run.project == "pricer" and run.data["path"] == "ed-donner/pricer-data"
+    assert run.model.pretrained_model_name_or_path == "meta-llama/Meta-Llama-3.1-8B"
+    assert run.project == "pricer" and run.data.path == "ed-donner/pricer-data"
     assert (lora.r, lora.lora_alpha, lora.lora_dropout, lora.bias) == (32, 64, 0.1, "none")
     assert set(lora.target_modules) == {"q_proj", "v_proj", "k_proj", "o_proj"} and lora.task_type == "CAUSAL_LM"
     assert bnb.load_in_4bit and bnb.bnb_4bit_quant_type == "nf4" and bnb.bnb_4bit_use_double_quant
@@ -102,7 +102,7 @@ def test_defaults_reproduce_the_notebook() -> None:
     assert (sft.per_device_train_batch_size, sft.gradient_accumulation_steps, sft.bf16) == (16, 1, True)
     assert (sft.logging_steps, sft.save_steps, run.sft["save_total_limit"]) == (50, 2000, 10)
     assert sft.train_sampling_strategy == "group_by_length" and sft.eval_strategy.value == "no"
-    assert run.hub["private"] and run.hub["hub_strategy"] == "every_save"
+    assert run.hub.private and run.hub.hub_strategy == "every_save"
 
 
 def test_t4_preset_is_fp16_without_bf16() -> None:

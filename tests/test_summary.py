@@ -7,7 +7,7 @@ import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from pricer.config import sweep_objective
+from pricer.objectives import sweep_objective
 from pricer.summary import SweepSummary
 
 

@@ -35,23 +35,22 @@ def test_qlora_trains_adapter_and_keeps_4bit_base(tmp_path: Path, cpu_kind: str)
     falls; with hardware.lean_4bit=true (opt in) every 4-bit linear trains through pricer.frozen4bit."""
     cfg, choices = compose_train([*SMOKE, "hardware.lean_4bit=true", "evaluation.eval_steps=10"])
     run = validate(cfg, choices)
-    tokenizer, model = load_for_run(run.model, run.quant, run.compute_dtype, run.accelerator, run.liger)
+    hardware = run.hardware
+    tokenizer, model = load_for_run(run.model, run.quant, hardware.compute_dtype, hardware.accelerator, hardware.liger)
     packed = {name: p for name, p in model.named_parameters() if p.dtype == torch.uint8}
     assert len(packed) == 4 * 7, "every linear layer of the 4 decoder layers is nf4"
     before = dequantized(packed)
 
     data, evaluation = run.data, run.evaluation
-    slices = load_slices(data["path"], data["data_files"], data["revision"], data["max_train_samples"],
-                         evaluation["test_items"], evaluation["val_items"])
+    slices = load_slices(data.path, data.data_files, data.revision, data.max_train_samples,
+                         evaluation.test_items, evaluation.val_items)
     write_run(tmp_path, status="running")  # what the run's claim writes first
-    keeper = CheckpointKeeper(tmp_path, None, True, run.sft["save_total_limit"], 1, 0.0)
+    keeper = CheckpointKeeper.for_run(tmp_path, None, run.hub, run.sft["save_total_limit"])
     model, metrics = fit(model, tokenizer, slices.train, slices.val, run_dir=tmp_path, run_name="pricer-test",
-                         sft=run.sft, lora=run.lora, seed=run.seed, accelerator=run.accelerator,
-                         compute_dtype=run.compute_dtype, report_to=[], keeper=keeper,
-                         eval_steps=evaluation["eval_steps"], top_k=evaluation["top_k"],
-                         batch_tokens=evaluation["batch_tokens"], lean_4bit=True, memory_gib=None, compile_layers=False)
-    scores = score_slices(model, tokenizer, slices, tmp_path / "adapter", evaluation["top_k"],
-                          evaluation["batch_tokens"], run.sft["max_length"], "pricer-test")
+                         sft=run.sft, lora=run.lora, seed=run.seed, hardware=hardware, evaluation=evaluation, report_to=[],
+                         keeper=keeper, lean_4bit=True, auto_batch_size=False)
+    scores = score_slices(model, tokenizer, slices, tmp_path / "adapter", evaluation.top_k,
+                          evaluation.batch_tokens, run.sft["max_length"], "pricer-test")
     assert {"test/price_error", "val/price_error", "baseline/price_error"} <= set(scores)
 
     for name, weight in dequantized(packed).items():  # the same Params4bit objects, now inside peft's layers

@@ -184,20 +184,21 @@ class PricerOptunaSweeper(Sweeper):
 
     def _check_job_config(self, overrides: list[str], where: str) -> DictConfig:
         """The job's config composed as the launcher will compose it, validated without machine checks."""
-        from hydra.errors import HydraException
         from omegaconf import open_dict, read_write
 
-        from pricer.config import ConfigError, validate
+        from pricer.config import validate
+        from pricer.config_errors import ConfigError, library_errors_in_one_line
 
         from . import _space
 
         try:
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+            with library_errors_in_one_line():  # a value the schema refuses, while Hydra composes the job
+                cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
             choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if v is not None}
             with read_write(cfg), open_dict(cfg):
                 del cfg["hydra"]  # what the job gets
             validate(cfg, choices, check_machine=False)
-        except (ConfigError, HydraException) as err:
+        except ConfigError as err:
             raise _space.SweepConfigError(f"{where}{str(err).strip().splitlines()[0]}") from None
         return cfg
 
@@ -267,7 +268,7 @@ class PricerOptunaSweeper(Sweeper):
 
     def _check_direction(self, metric: str | None) -> None:
         """A study that minimises a hit rate would look for the worst runs: refuse it before any trial."""
-        from pricer.config import HIGHER_IS_BETTER, OBJECTIVES
+        from pricer.objectives import HIGHER_IS_BETTER, OBJECTIVES
 
         from . import _space
 
@@ -305,7 +306,7 @@ class PricerOptunaSweeper(Sweeper):
     def _metric_names(self) -> list[str] | None:
         """What the jobs return, one name per direction: pricer.train returns optimized_metric's validation
         twin in a sweep (config.sweep_objective); another app names its objectives in a list. None: unknown."""
-        from pricer.config import sweep_objective
+        from pricer.objectives import sweep_objective
 
         metric = OmegaConf.select(self.config, "optimized_metric")
         names = [str(m) for m in metric] if OmegaConf.is_list(metric) else [str(metric)] if metric is not None else []

@@ -10,7 +10,9 @@ adds it after the app's own configs:
     pricer-sweeps:///path/to/repo/sweeps   ->   group `sweep` = sweeps/*.yaml
 
 The folder is found from the pricer package (repo root = its parent) without
-importing pricer, so plugin discovery stays instant.
+importing pricer, so plugin discovery stays instant. The same hook stores pricer's config
+schema (pricer.schema) in Hydra's ConfigStore: Hydra asks it for the search path before it
+composes any config, whether through @hydra.main or the compose API.
 """
 
 import importlib.util
@@ -36,6 +38,9 @@ def sweeps_dir() -> Path | None:
 
 class PricerSweepsSearchPathPlugin(SearchPathPlugin):
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        from pricer import schema
+
+        schema.register()  # conf/train.yaml's first default, `pricer_schema`
         folder = sweeps_dir()
         if folder is not None and folder.is_dir():
             search_path.append(provider="pricer-sweeps", path=f"{SCHEME}://{folder}")
