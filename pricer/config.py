@@ -101,7 +101,7 @@ class Hardware:
     lean_4bit: bool
     bf16: Annotated[bool, TO_SFT]
     fp16: Annotated[bool, TO_SFT]
-    per_device_train_batch_size: Annotated[int | Literal["auto"], TO_SFT]  # auto: pricer.speed measures it
+    per_device_train_batch_size: Annotated[int | Literal["auto"], TO_SFT]  # auto: pricer.batch_size measures it
     gradient_checkpointing: Annotated[bool, TO_SFT]
     dataloader_num_workers: Annotated[int, TO_SFT]
 
@@ -193,10 +193,10 @@ class RunConfig:
     accelerator: str
     compute_dtype: str
     memory_gib: float
-    liger: bool  # Liger's fused kernels (pricer.speed)
+    liger: bool  # Liger's fused kernels (pricer.speedups)
     compile: bool  # torch.compile of the decoder layers
     lean_4bit: bool  # 4-bit linears as one dequantize and one matmul in training (pricer.frozen4bit)
-    auto_batch_size: bool  # measure peak memory and fill memory_gib (pricer.speed.pick_batch_size)
+    auto_batch_size: bool  # measure peak memory and fill memory_gib (pricer.batch_size.pick_batch_size)
     data: dict[str, Any]
     hub: dict[str, Any]
     tracking: dict[str, Any]

@@ -108,9 +108,9 @@ def load_for_run(model: dict[str, Any], quant: dict[str, Any], compute_dtype: st
         ensure_tiny_model(path)
     tokenizer = load_tokenizer(path, model["revision"], model["trust_remote_code"])
     if liger:  # patches transformers' Llama classes: before the model exists
-        from pricer import speed
+        from pricer import speedups
 
-        speed.apply_liger(accelerator)
+        speedups.apply_liger(accelerator)
     if accelerator == "cuda":
         # One attention kernel family for training and for every scoring of the run, here or in a later
         # pricer.evaluate: SDPA's cuDNN backend spent ~2 ms of CPU per layer call planning each new batch
