@@ -123,9 +123,9 @@ def worker(args) -> None:
     trainer, own = tt.pricer_trainer(args.model_dir, data, overrides.split(), args, causal="mask" not in flags)
     if "cudnn" in flags:  # cuDNN's attention back on, to compare
         torch.backends.cuda.enable_cudnn_sdp(True)
-    from pricer import speed
+    from pricer import batch_size
 
-    speed.set_batch_size(trainer, int(batch))
+    batch_size.set_batch_size(trainer, int(batch))
     cuda = own["accelerator"] == "cuda"
     result = profile(trainer, args.warmup, args.steps, 2, cuda)
     with args.results.open("a") as f:

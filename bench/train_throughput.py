@@ -7,7 +7,7 @@ Random weights with Llama 3.1 8B's architecture (hidden 4096, 32 layers, 8 KV he
 128,256; speed does not depend on their values) are made once per run and saved with safetensors. Each configuration
 then runs in its own process and loads them its own way: the recipe as the course
 wrote it (transformers + TRL with today's defaults), pricer's through pricer.modeling,
-pricer.sft and pricer.speed with a composed hardware/quant preset. So peak
+pricer.sft, pricer.speedups and pricer.batch_size with a composed hardware/quant preset. So peak
 memory, Liger's patches and compiled code never carry over from one to the next.
 Items are pricer-shaped: 120..182 tokens, the last 4 the completion (the price, as
 TRL masks the loss to it). Steps are timed between CUDA events (no extra syncs).
@@ -217,7 +217,7 @@ def report(args, rows: list[dict], outcomes: dict[str, str], tflops: float, note
         "matmuls (decoder linears forward + input gradient, LoRA forward + both gradients, attention, the LM head at "
         f"completion positions); decoder-matmul MFU counts 4 x {decoder_params(shape):.3g} FLOP per token. Each "
         "configuration ran in its own process; the batch-16 rows change one thing at a time on one loaded model; "
-        "rows marked batch=auto ran at the batch pricer.speed.pick_batch_size measured for the preset's budget.",
+        "rows marked batch=auto ran at the batch pricer.batch_size.pick_batch_size measured for the preset's budget.",
         "", *table(rows, tflops, shape), "", *notes, SKIPPED, *([f"Not measured: {'; '.join(missing)}."] if missing else []),
     ])
 
@@ -440,12 +440,12 @@ def composed(overrides: list[str], tiny: bool) -> tuple[dict, dict]:
 def pricer_trainer(model_dir: Path, data, overrides: list[str], args, causal: bool = True):
     """pricer's own path: its preset, its model loading, its trainer, its speed-ups
     (`causal=False` leaves the padding mask in, for the one-change-at-a-time rows)."""
-    from pricer import modeling, speed
+    from pricer import modeling, speedups
     from pricer.sft import build_sft_config, build_trainer
 
     sft, own = composed(overrides, args.tiny)
     if own.get("liger"):
-        speed.apply_liger(own["accelerator"])
+        speedups.apply_liger(own["accelerator"])
     tokenizer = modeling.load_tokenizer(str(model_dir), None, False)
     model = modeling.load_model(str(model_dir), None, False, "sdpa", own["quant"], own["compute_dtype"],
                                 own["accelerator"], tokenizer.pad_token_id)
@@ -454,23 +454,23 @@ def pricer_trainer(model_dir: Path, data, overrides: list[str], args, causal: bo
     trainer = build_trainer(model, tokenizer, sft_args, modeling.build_lora_config(own["lora"]), data, [],
                             own["compute_dtype"])
     if causal:
-        speed.causal_mask_only(trainer.model, own["accelerator"])
+        speedups.causal_mask_only(trainer.model, own["accelerator"])
     if own.get("lean_4bit") and own["quant"].get("load_in_4bit"):
         from pricer.frozen4bit import lean_4bit_linears
 
         lean_4bit_linears(trainer.model)
     if own.get("compile"):
-        speed.compile_layers(trainer.model)
+        speedups.compile_layers(trainer.model)
     return trainer, own
 
 
 def auto_batch(trainer, own: dict, label: str) -> str:
     """batch=auto for the preset's budget, as the entrypoint runs it: real steps, then the batch is set."""
-    from pricer import speed
+    from pricer import batch_size
 
     preset = trainer.args.per_device_train_batch_size
-    batch = speed.pick_batch_size(speed.step_runner(trainer), own["memory_gib"])
-    speed.set_batch_size(trainer, batch)
+    batch = batch_size.pick_batch_size(batch_size.step_runner(trainer), own["memory_gib"])
+    batch_size.set_batch_size(trainer, batch)
     return f"{label}: batch=auto picked {batch} for {own['memory_gib']} GiB less 10 % (the preset file says {preset})."
 
 
@@ -484,7 +484,7 @@ def batch16_steps(trainer, label: str, args, shape: dict, save) -> None:
     checks that the change keeps TRL's loss."""
     from transformers.training_args import OptimizerNames
 
-    from pricer import speed
+    from pricer import batch_size, speedups
 
     fixed = [trainer.train_dataset[i] for i in range(16)]
     lora = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
@@ -494,7 +494,7 @@ def batch16_steps(trainer, label: str, args, shape: dict, save) -> None:
             continue  # Liger's Triton kernels need CUDA
         settings |= change
         if change.get("causal"):  # hooks and patches: once on, they stay on for the later rows
-            speed.causal_mask_only(trainer.model, "cpu" if args.tiny else "cuda")
+            speedups.causal_mask_only(trainer.model, "cpu" if args.tiny else "cuda")
         if change.get("fused_adamw"):  # the Trainer builds the new optimizer when train() next starts
             trainer.args.optim, trainer.optimizer = OptimizerNames.ADAMW_TORCH_FUSED, None
         if change.get("liger"):
@@ -514,7 +514,7 @@ def batch16_steps(trainer, label: str, args, shape: dict, save) -> None:
                 if name in lora:
                     p.copy_(lora[name])
         torch.manual_seed(0)
-        losses.append(f"{step} {float(speed.training_step(trainer, trainer.data_collator(fixed))):.5f}")
+        losses.append(f"{step} {float(batch_size.training_step(trainer, trainer.data_collator(fixed))):.5f}")
         trainer.model.zero_grad(set_to_none=True)
         note = f"Loss of one fixed batch of 16 (same dropout masks) after each batch-16 change: {'; '.join(losses)}."
         warmup = args.warmup if len(losses) == 1 else min(args.warmup, REWARM_STEPS)
@@ -524,7 +524,7 @@ def batch16_steps(trainer, label: str, args, shape: dict, save) -> None:
 def worker(args) -> None:
     import logging
 
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # pricer.speed's arithmetic
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # pricer.batch_size's arithmetic
     shape = TINY if args.tiny else LLAMA31_8B
     name, label, overrides = next(c for c in CONFIGS if c[0] == args.worker)
     data = synthetic_items(TINY_ITEMS if args.tiny else DATASET_ITEMS, shape["vocab_size"])

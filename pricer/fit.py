@@ -58,7 +58,7 @@ def fit(model, tokenizer, train_dataset, val: Items | None, *, run_dir: Path, ru
     `auto_batch_size` measures peak memory and fills hardware.memory_gib; otherwise `sft`'s batch size
     stays. `lean_4bit`: hardware.lean_4bit where the base is 4-bit. `keeper` pushes and rotates
     checkpoints as they are saved."""
-    from pricer import speed, trial
+    from pricer import batch_size, speedups, trial
     from pricer.interrupt import Interrupted
     from pricer.modeling import build_lora_config
     from pricer.sft import build_sft_config, build_trainer
@@ -73,7 +73,7 @@ def fit(model, tokenizer, train_dataset, val: Items | None, *, run_dir: Path, ru
         train_dataset = fit_to_length(train_dataset, tokenizer, sft["max_length"])
     trainer = build_trainer(model, tokenizer, args, build_lora_config(lora), train_dataset, callbacks,
                             hardware.compute_dtype)
-    speed.causal_mask_only(trainer.model, hardware.accelerator)
+    speedups.causal_mask_only(trainer.model, hardware.accelerator)
     if lean_4bit:  # before the batch probe: it counts the fp32 absmax this drops
         from pricer.frozen4bit import lean_4bit_linears
 
@@ -87,14 +87,14 @@ def fit(model, tokenizer, train_dataset, val: Items | None, *, run_dir: Path, ru
         # once per run: a resume (maybe on another GPU after a requeue) keeps the batch, so the schedule
         # and the batches it skips on resume stay the first attempt's
         stored = read_run(run_dir).get("auto_batch_size")
-        picked = broadcast_object(stored or speed.pick_batch_size(speed.step_runner(trainer), hardware.memory_gib))
+        picked = broadcast_object(stored or batch_size.pick_batch_size(batch_size.step_runner(trainer), hardware.memory_gib))
         if stored:
             log.info("per_device_train_batch_size=auto: %d, as the run's first attempt picked it", picked)
         elif is_main():
             write_run(run_dir, auto_batch_size=picked)
-        speed.set_batch_size(trainer, picked)  # several ranks: all take rank 0's pick
+        batch_size.set_batch_size(trainer, picked)  # several ranks: all take rank 0's pick
     if hardware.compile:
-        speed.compile_layers(trainer.model)
+        speedups.compile_layers(trainer.model)
     trainable = log_sizes(trainer, args)
     training = read_run(run_dir).get("trained")  # set once training ended: a resume then only evaluates
     if training and (adapter_dir / "adapter_model.safetensors").exists():

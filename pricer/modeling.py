@@ -109,9 +109,9 @@ def load_for_run(model: Model, quant: dict[str, Any], compute_dtype: str, accele
         ensure_tiny_model(path)
     tokenizer = load_tokenizer(path, model.revision, model.trust_remote_code)
     if liger:  # patches transformers' Llama classes: before the model exists
-        from pricer import speed
+        from pricer import speedups
 
-        speed.apply_liger(accelerator)
+        speedups.apply_liger(accelerator)
     if accelerator == "cuda":
         # One attention kernel family for training and for every scoring of the run, here or in a later
         # pricer.evaluate: SDPA's cuDNN backend spent ~2 ms of CPU per layer call planning each new batch

@@ -97,10 +97,10 @@ def train(cfg: DictConfig) -> float:
 def end_job(tracking_backend: str, status: str) -> None:
     """However a job ends: close its W&B run, and undo Liger's patch so that the next job of a
     --multirun in this process gets transformers' own Llama classes."""
-    from pricer import speed, tracking
+    from pricer import speedups, tracking
 
     tracking.finish(tracking_backend, status)
-    speed.restore_liger()
+    speedups.restore_liger()
 
 
 def publish(run: RunConfig, claim: Claim, config_yaml: str, metrics: dict) -> None:

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import BATCH_TOKENS, TOP_K
-from test_speed import tiny_trainer
+from test_speedups import tiny_trainer
 from torch._dynamo.utils import counters
 
-from pricer import speed
+from pricer import speedups
 from pricer.data import split_prompt_completion
 from pricer.predict import generate_prices, predict_prices
 
@@ -37,7 +37,7 @@ def test_compiled_layers_predict_as_eager_ones(tiny_model_dir: Path, tmp_path: P
     frames run eager, which is still correct. aot_eager here; inductor's codegen is checked on the GPU."""
     torch._dynamo.reset()  # every model's layers share one code object and its 8 cache entries: start as a run does
     trainer = tiny_trainer(tiny_model_dir, tmp_path, sample_texts, gradient_checkpointing=False)
-    speed.causal_mask_only(trainer.model, "cpu")  # as train.py does before compiling
+    speedups.causal_mask_only(trainer.model, "cpu")  # as train.py does before compiling
     model, tokenizer = trainer.model, trainer.processing_class
     torch.manual_seed(1)
     with torch.no_grad():  # LoRA B starts at zero; a trained adapter changes the outputs
@@ -48,7 +48,7 @@ def test_compiled_layers_predict_as_eager_ones(tiny_model_dir: Path, tmp_path: P
     assert len({len(ids) for ids in tokenizer(prompts)["input_ids"]}) > 1, "prompts of several lengths: padding"
 
     eager = predictions(model, tokenizer, prompts)
-    assert speed.compile_layers(model, backend="aot_eager") == 4
+    assert speedups.compile_layers(model, backend="aot_eager") == 4
     graphs = counters["stats"]["unique_graphs"]
     compiled = predictions(model, tokenizer, prompts)
     assert counters["stats"]["unique_graphs"] - graphs >= 3, "compiled: the fast path, prefill and decoding"

@@ -128,7 +128,7 @@ def test_gpu_runs_load_batches_beside_the_step() -> None:
 
 
 def test_card_filling_presets_take_the_fused_adamw_and_the_command_line_wins() -> None:
-    """hardware=a100/h100/t4 swap bitsandbytes' paged AdamW for torch's fused one (same step: test_speed);
+    """hardware=a100/h100/t4 swap bitsandbytes' paged AdamW for torch's fused one (same step: test_speedups);
     the default run keeps the notebook's, and optimizer=... on the command line beats the preset's choice."""
     for hardware in ("a100", "h100", "t4"):
         _, choices = compose_train([f"hardware={hardware}"])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pricer import modeling, speed
+from pricer import modeling, speedups
 
 liger = pytest.importorskip("liger_kernel.transformers", reason="liger-kernel not installed (make install puts it in)")
 
@@ -33,17 +33,17 @@ def test_a_liger_job_does_not_leak_into_the_next_job(tiny_model_dir: Path) -> No
 
     from pricer.train import end_job
 
-    originals = {name: getattr(modeling_llama, name) for name in speed.LIGER_LLAMA_NAMES}
-    assert speed.apply_liger("cuda")  # job 1, as pricer.modeling.load_for_run calls it: before the model is built
-    patched = {name: getattr(modeling_llama, name) for name in speed.LIGER_LLAMA_NAMES}
+    originals = {name: getattr(modeling_llama, name) for name in speedups.LIGER_LLAMA_NAMES}
+    assert speedups.apply_liger("cuda")  # job 1, as pricer.modeling.load_for_run calls it: before the model is built
+    patched = {name: getattr(modeling_llama, name) for name in speedups.LIGER_LLAMA_NAMES}
     assert all(patched[name] is not originals[name] for name in originals), "liger patched nothing"
     assert kinds(build(tiny_model_dir)) == {"LigerRMSNorm", "LigerSwiGLUMLP"}
     end_job("none", "finished")  # job 1 ends as pricer.train ends it
 
     # job 2, hardware.liger=false: nothing calls into Liger
-    assert {name: getattr(modeling_llama, name) for name in speed.LIGER_LLAMA_NAMES} == originals
+    assert {name: getattr(modeling_llama, name) for name in speedups.LIGER_LLAMA_NAMES} == originals
     assert kinds(build(tiny_model_dir)) == {"LlamaRMSNorm", "LlamaMLP"}
-    assert not speed.restore_liger(), "nothing left to restore"
+    assert not speedups.restore_liger(), "nothing left to restore"
 
 
 def test_the_patch_is_undone_when_the_job_fails(tmp_path: Path) -> None:
@@ -55,7 +55,7 @@ def test_the_patch_is_undone_when_the_job_fails(tmp_path: Path) -> None:
 
     original = modeling_llama.LlamaRMSNorm
     with pytest.raises(RuntimeError, match="job failed"), recording_status(tmp_path, functools.partial(end_job, "none")):
-        speed.apply_liger("cuda")
+        speedups.apply_liger("cuda")
         assert modeling_llama.LlamaRMSNorm is not original
         raise RuntimeError("job failed")
     assert modeling_llama.LlamaRMSNorm is original
@@ -68,7 +68,7 @@ def test_apply_liger_then_restore_as_train_calls_them() -> None:
     from transformers.models.llama import modeling_llama
 
     original = modeling_llama.apply_rotary_pos_emb
-    assert not speed.apply_liger("cpu") and modeling_llama.apply_rotary_pos_emb is original
-    assert speed.apply_liger("cuda") and modeling_llama.apply_rotary_pos_emb is not original
-    speed.apply_liger("cuda")  # a second apply in the same job must not record Liger's as the original
-    assert speed.restore_liger() and modeling_llama.apply_rotary_pos_emb is original
+    assert not speedups.apply_liger("cpu") and modeling_llama.apply_rotary_pos_emb is original
+    assert speedups.apply_liger("cuda") and modeling_llama.apply_rotary_pos_emb is not original
+    speedups.apply_liger("cuda")  # a second apply in the same job must not record Liger's as the original
+    assert speedups.restore_liger() and modeling_llama.apply_rotary_pos_emb is original

@@ -1,12 +1,12 @@
-"""The faster step: the same loss as TRL's, the loss on the price only, batch=auto's probe and its line fit."""
+"""The faster step (pricer.speedups): the same loss as TRL's, the loss on the price only, fused AdamW's step.
 
-import math
+batch=auto's probe and its line fit: test_batch_size.py."""
+
 from pathlib import Path
 
-import pytest
 import torch
 
-from pricer import modeling, speed
+from pricer import batch_size, modeling, speedups
 from pricer.frozen4bit import lean_4bit_linears
 from pricer.sft import build_sft_config, build_trainer
 
@@ -36,7 +36,7 @@ def tiny_trainer(model_dir: Path, tmp_path: Path, texts: list[str], gradient_che
 
 
 def loss_and_grads(trainer, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    loss = speed.training_step(trainer, dict(batch))
+    loss = batch_size.training_step(trainer, dict(batch))
     grads = {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None}
     trainer.model.zero_grad(set_to_none=True)
     return loss, grads
@@ -69,11 +69,11 @@ def test_faster_step_has_trls_loss_and_gradients(tiny_model_dir: Path, tmp_path:
     a multiple of 8) on the same rows: the same loss and LoRA gradients."""
     plain = tiny_trainer(tiny_model_dir, tmp_path / "plain", sample_texts, gradient_checkpointing=True)
     plain.model.gradient_checkpointing_enable()  # the Trainer does this when train() starts
-    speed.apply_liger("cpu")  # a no-op here, by design
+    speedups.apply_liger("cpu")  # a no-op here, by design
     fast = tiny_trainer(tiny_model_dir, tmp_path / "fast", sample_texts, gradient_checkpointing=False)
-    speed.causal_mask_only(fast.model, "cpu")
+    speedups.causal_mask_only(fast.model, "cpu")
     assert lean_4bit_linears(fast.model) == 4 * 7, "every linear of the 4 decoder layers"
-    assert speed.compile_layers(fast.model, backend="aot_eager") == 4  # inductor's codegen is checked on the GPU
+    assert speedups.compile_layers(fast.model, backend="aot_eager") == 4  # inductor's codegen is checked on the GPU
     batch = plain.data_collator([plain.train_dataset[i] for i in range(8)])
     assert batch["labels"].ne(-100).sum() < batch["attention_mask"].sum() / 4, "completion-only: the price tokens"
     assert not batch["attention_mask"].all(), "rows of several lengths: there is padding for the mask to hide"
@@ -102,7 +102,7 @@ def test_fused_adamw_takes_the_notebooks_optimisation_step(tiny_model_dir: Path,
         trainer.create_optimizer()
         start = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
         for step in range(3):
-            speed.training_step(trainer, trainer.data_collator([trainer.train_dataset[i] for i in range(8 * step, 8 * step + 8)]))
+            batch_size.training_step(trainer, trainer.data_collator([trainer.train_dataset[i] for i in range(8 * step, 8 * step + 8)]))
             trainer.optimizer.step()
             trainer.optimizer.zero_grad(set_to_none=True)
         moved[optim] = {name: p.detach() - start[name] for name, p in trainer.model.named_parameters() if name in start}
@@ -126,7 +126,7 @@ def test_causal_mask_only_keeps_the_mask_outside_training(tiny_model_dir: Path, 
     AVX512-BF16 repack off): the two differ only in fp32 summation over 5 more (masked) positions,
     far inside 1e-4 (bf16 kernels would differ by ~1e-3: that is the repack this guards against)."""
     trainer = tiny_trainer(tiny_model_dir, tmp_path, sample_texts, gradient_checkpointing=False)
-    speed.causal_mask_only(trainer.model, "cpu")
+    speedups.causal_mask_only(trainer.model, "cpu")
     model, ids = trainer.model, torch.tensor([trainer.train_dataset[0]["input_ids"]])
     padded = torch.cat([torch.full((1, 5), trainer.processing_class.pad_token_id), ids], dim=1)
     mask = torch.cat([torch.zeros(1, 5, dtype=torch.long), torch.ones_like(ids)], dim=1)
@@ -136,64 +136,3 @@ def test_causal_mask_only_keeps_the_mask_outside_training(tiny_model_dir: Path, 
         torch.testing.assert_close(model(input_ids=padded, attention_mask=mask).logits[0, -1], alone, rtol=1e-4, atol=1e-4)
         model.train()  # LoRA dropout is 0: train mode differs only by the hook
         assert not torch.allclose(model(input_ids=padded, attention_mask=mask).logits[0, -1], alone, atol=1e-3)
-
-
-def test_probe_steps_leave_no_trace_and_the_new_batch_is_used(tiny_model_dir: Path, tmp_path: Path, sample_texts) -> None:
-    """batch=auto's probe runs real training steps on copies of the longest row: they leave no logged
-    metric, token count or gradient behind, and the batch it picks is the one the dataloader serves."""
-    trainer = tiny_trainer(tiny_model_dir, tmp_path, sample_texts, gradient_checkpointing=False)
-    lora = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
-    run_step = speed.step_runner(trainer)
-    for batch in (8, 16):
-        run_step(batch)
-    assert trainer._total_train_tokens == 0 and not trainer._metrics["train"], "probe steps leave no metrics"
-    assert all(p.grad is None for p in trainer.model.parameters()), "probe gradients are dropped"
-    assert all(torch.equal(p, lora[n]) for n, p in trainer.model.named_parameters() if n in lora), "no optimizer step"
-    speed.set_batch_size(trainer, 24)
-    assert len(next(iter(trainer.get_train_dataloader()))["input_ids"]) == 24
-
-
-def test_probe_steps_checkpoint_when_the_run_does(tiny_model_dir: Path, tmp_path: Path, sample_texts) -> None:
-    """The Trainer turns checkpointing on in train(); a probe before it must too, or it over-counts memory."""
-    trainer = tiny_trainer(tiny_model_dir, tmp_path, sample_texts, gradient_checkpointing=True)
-    assert not trainer.model.is_gradient_checkpointing
-    speed.step_runner(trainer)(2)
-    assert trainer.model.is_gradient_checkpointing
-
-
-def test_the_fitted_batch_on_peaks_measured_on_the_h200() -> None:
-    """The line fit on two peaks batch=auto's probe measured (BENCHMARKS.md: hardware=h100, quant=none,
-    80 GiB less 10 %): batch 56 at 70.5 GiB, 64 at 78.1 GiB -> 0.95 GiB a row over 17.3 GiB -> 57.6 rows,
-    so 56, which the probe then measured within the 72 GiB."""
-    assert speed.fitted_batch((56, 70.5), (64, 78.1), usable=72.0, ceiling=63, multiple=8) == 56
-    assert speed.fitted_batch((56, 70.5), (64, 78.1), usable=72.0, ceiling=63, multiple=1) == 57
-    assert speed.fitted_batch((56, 70.5), (64, 78.1), usable=200.0, ceiling=63, multiple=8) == 56, "capped below a failed batch"
-    assert speed.fitted_batch((8, 5.0), (16, 5.0), usable=72.0, ceiling=40, multiple=8) == 40, "flat: the ceiling"
-
-
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the probe measures CUDA memory")
-
-
-@pytest.mark.gpu
-@cuda
-def test_auto_batch_on_the_gpu_fits_the_budget_it_measured(tiny_model_dir: Path, tmp_path: Path, sample_texts) -> None:
-    """The real probe (cuda_peak_gib) on real steps: the picked batch's own measured peak is within the
-    budget less the margin, and the next multiple of 8 above it is not (or the search hit its limit)."""
-    trainer = tiny_trainer(tiny_model_dir, tmp_path, sample_texts, gradient_checkpointing=False, use_cpu=False)
-    run_step = speed.step_runner(trainer)
-    budget = 1.5 * speed.cuda_peak_gib(run_step, 64)  # a budget this tiny model can fill
-    batch = speed.pick_batch_size(run_step, budget, limit=4096)
-    assert batch % 8 == 0 and speed.cuda_peak_gib(run_step, batch) <= 0.9 * budget
-    assert batch == 4096 or speed.cuda_peak_gib(run_step, 2 * batch) > 0.9 * budget
-    with pytest.raises(MemoryError, match="gradient_checkpointing"):
-        speed.pick_batch_size(run_step, 1e-3)
-
-
-@pytest.mark.gpu
-@cuda
-def test_a_real_out_of_memory_counts_as_over_budget() -> None:
-    def allocate(batch: int) -> None:
-        torch.empty(batch * 2**40, dtype=torch.uint8, device="cuda")  # TiBs: more than any card
-
-    assert speed.cuda_peak_gib(allocate, 64) == math.inf
-    assert speed.cuda_peak_gib(lambda batch: None, 8) < math.inf
