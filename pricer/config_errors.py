@@ -91,10 +91,10 @@ def from_library(err: BaseException) -> ConfigError | None:
     from hydra.errors import HydraException
 
     cause: BaseException | None = err
-    while cause is not None:
+    while cause is not None:  # a preset file's refusal is Hydra's error's context, an override's its cause
         if isinstance(cause, OmegaConfBaseException):
             return from_omegaconf(cause)
-        cause = cause.__cause__
+        cause = cause.__cause__ or cause.__context__
     return ConfigError(hydra_line(str(err))) if isinstance(err, HydraException) else None
 
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CONF_DIR, compose_train
+from conftest import CONF_DIR, compose_train, run_cli_in_process
 from omegaconf import OmegaConf
 
 from pricer.config import validate
@@ -166,3 +166,28 @@ def test_push_reads_its_retry_settings_from_the_run(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(sys, "argv", ["pricer.push", str(tmp_path / "old")])
     with pytest.raises(SystemExit, match=r"has no hub.push_attempts: pass --attempts N"):
         push.main()
+
+
+@pytest.mark.parametrize(("preset", "message"), [
+    ("liger: sometimes", "hardware.liger='sometimes' must be true or false"),
+    ("lgier: true", "hardware.lgier is not a known key (did you mean hardware.liger?): remove it or fix its name"),
+    ("accelerator: tpu", "hardware.accelerator=tpu is not one of cuda, cpu"),
+])
+def test_a_users_preset_is_refused_while_hydra_composes(preset: str, message: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """A preset of the user's own (another search path) is held to the schema as Hydra composes it: `--cfg job`,
+    which prints the config and runs none of pricer's checks, already refuses it, in pricer's one line, exit 2."""
+    (tmp_path / "hardware").mkdir()
+    (tmp_path / "hardware" / "mine.yaml").write_text(f"defaults:\n  - cpu\n  - _self_\n{preset}\n")
+    out = run_cli_in_process(["experiment=demo", f"hydra.searchpath=[file://{tmp_path}]", "hardware=mine", "--cfg", "job"],
+                             monkeypatch, capsys)
+    errors = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and errors == [f"error: {message}"], (out.returncode, out.stderr[-2000:])
+    assert "hardware:" not in out.stdout, "nothing printed as if it were the config"
+
+
+def test_an_override_of_a_key_no_preset_sets_says_how_to_add_it(monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    out = run_cli_in_process(["experiment=demo", "lora.use_dora=true", "--cfg", "job"], monkeypatch, capsys)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: lora.use_dora is not set by any preset: fix its name, or add it with +lora.use_dora=..."
