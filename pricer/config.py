@@ -95,7 +95,7 @@ def apply_schema(cfg: DictConfig | dict) -> TrainConfig:
     """The config as pricer.schema's objects, interpolations resolved; OmegaConf's refusals in one line."""
     with library_errors_in_one_line():
         # as plain values first: a `+key=` Hydra added to a typed node would pass a typed merge unseen
-        plain = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
+        plain = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True) if isinstance(cfg, DictConfig) else cfg
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), plain))
 
 

@@ -174,7 +174,7 @@ def run_config(source: str | None, revision: str | None, overrides: list[str]) -
         defaults = OmegaConf.load(PACKAGE_DIR.parent / "conf" / "train.yaml").evaluation
         cfg = OmegaConf.merge({"evaluation": defaults}, cfg, OmegaConf.from_dotlist(overrides))
     groups = ("model", "quant", "hardware", "data", "evaluation", "training")
-    return {group: OmegaConf.to_container(cfg[group], resolve=True) for group in groups if group in cfg}
+    return {group: OmegaConf.to_container(cfg[group], resolve=True, enum_to_str=True) for group in groups if group in cfg}
 
 
 def load_for_eval(config: dict[str, Any], adapter: str | None, revision: str | None):

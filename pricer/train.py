@@ -68,7 +68,7 @@ def train(cfg: DictConfig) -> float:
         tokenizer, model = modeling.load_for_run(run.model, run.quant, hardware.compute_dtype, hardware.accelerator,
                                                  hardware.liger)
         config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-        tracked_config = OmegaConf.to_container(cfg, resolve=True) | {
+        tracked_config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) | {
             "run_name": claim.run_name, "hub_repo": claim.repo_id, "trial": trial.current_trial_info()}
         report_to = tracking.start(str(run.tracking.backend), run.tracking.project or run.project,
                                    claim.project_run_name, claim.group, tracked_config, str(run_dir), claim.wandb_id,
