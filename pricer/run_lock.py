@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import socket
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -53,13 +54,18 @@ def holds(run_dir: Path) -> bool:
     return run_dir.resolve() in _held
 
 
-def owner_of(run_dir: Path) -> str:
-    """'pid 123 on host node7 since 2024-09-13T13:04:39', as the owner wrote it."""
-    try:
-        meta = json.loads((run_dir / LOCK_FILE).read_text())
-        return f"pid {meta['pid']} on host {meta['host']} since {meta['since']}"
-    except (OSError, ValueError, KeyError):
-        return "another process"
+def owner_of(run_dir: Path, wait_s: float = 2.0) -> str:
+    """'pid 123 on host node7 since 2024-09-13T13:04:39', as the owner wrote it. An owner that has just
+    taken the lock writes this a moment later: asked in that moment, wait for it (up to `wait_s`)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            meta = json.loads((run_dir / LOCK_FILE).read_text())
+            return f"pid {meta['pid']} on host {meta['host']} since {meta['since']}"
+        except (OSError, ValueError, KeyError):
+            if time.monotonic() > deadline:
+                return "another process"
+            time.sleep(0.05)
 
 
 def check_writer(run_dir: Path) -> None:

@@ -174,7 +174,7 @@ def postgres_server() -> Iterator[str]:
         subprocess.run([*as_postgres, bindir / "initdb", "-D", home / "data", "-U", "postgres", "--auth=trust", "-E", "UTF8"],
                        check=True, capture_output=True, timeout=120)
         subprocess.run([*as_postgres, bindir / "pg_ctl", "-D", home / "data", "-l", home / "server.log", "-w", "start",
-                        "-o", f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off"],
+                        "-o", f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"],
                        check=True, capture_output=True, timeout=120)
         yield f"127.0.0.1:{port}"
     finally:

@@ -6,6 +6,7 @@ postgres_url). The trials are short runs of the tiny model (20 steps, a checkpoi
 5). Skipped, with the reason, only where the SLURM packages are not installed.
 """
 
+import functools
 import json
 import os
 import re
@@ -61,9 +62,19 @@ def wait_for(condition, what: str, timeout: float = 180, proc: subprocess.Popen 
 
 
 def study(url: str):
+    """The sweep's study, read through one storage that opens a connection per query and closes it: a new
+    storage per poll (twice a second) left pooled connections open until PostgreSQL refused more clients."""
     import optuna
 
-    return optuna.load_study(study_name="slurm", storage=url)
+    return optuna.load_study(study_name="slurm", storage=_storage(url))
+
+
+@functools.lru_cache(maxsize=4)
+def _storage(url: str):
+    import optuna
+    import sqlalchemy
+
+    return optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": sqlalchemy.pool.NullPool})
 
 
 def trial_attr(url: str, number: int, key: str):
@@ -90,7 +101,7 @@ def release_requeued(cluster, job_id: str, *updates: str) -> None:
     def held() -> bool:
         return cluster.run("squeue", "-h", "-j", job_id, "-o", "%T %r").stdout.split() == ["PENDING", "BeginTime"]
 
-    wait_for(held, f"job {job_id} to be requeued", timeout=120)
+    wait_for(held, f"job {job_id} to be requeued", timeout=240)  # under load a save and exit take a while
     cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", *updates)
 
 
