@@ -5,7 +5,7 @@ PY ?= python3
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-install: ## install pricer and its test tools (CPU torch from the local disk, no CUDA download)
+install: ## install torch 2.13.0 (a CPU machine: install the CPU wheel first, README says how), pricer and its test tools
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]" --config-settings editable_mode=compat  # compat: Hydra finds hydra_plugins/
 

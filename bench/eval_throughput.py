@@ -124,7 +124,7 @@ def course_forward_loop(model, prompts: list[list[int]], values: torch.Tensor, t
 
 
 def plain_batched_forward(model, prompts: list[list[int]], values: torch.Tensor, batch: int = 64) -> list[float]:
-    """The issue's reference: prompts in their own order, left padding with a mask, last logits only."""
+    """The reference path: prompts in their own order, left padding with a mask, last logits only."""
     from pricer.predict import expected_price
 
     device = next(model.parameters()).device

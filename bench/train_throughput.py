@@ -177,7 +177,7 @@ def decoder_params(shape: dict) -> int:
 
 def table(rows: list[dict], tflops: float, shape: dict) -> list[str]:
     """Two rates: all timed steps (one-off costs such as a recompile count) and the median step (the
-    issue's yardstick: steady state). Decoder-matmul MFU, the issue's other yardstick, counts 4 x decoder
+    steady state, which the speed goals are judged on). Decoder-matmul MFU, the other yardstick, counts 4 x decoder
     weights FLOP per token (forward + input gradient) at the median step's rate."""
     recipe = next((r for r in rows if r["name"] == "recipe"), None)
     lines = ["| configuration | optimizer | batch | checkpointing | timed steps | tokens/item | tokens/s, all steps | "

@@ -25,7 +25,9 @@ def step_runner(trainer) -> Callable[[int], None]:
     rows = trainer.train_dataset
     longest = rows[max(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))]
     if trainer.args.gradient_checkpointing:  # the Trainer turns it on only when train() starts
-        trainer.model.gradient_checkpointing_enable(trainer.args.gradient_checkpointing_kwargs)
+        model = trainer.model  # transformers 5.24 renamed the switch; the GPU image's 5.17 has only the old name
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable(trainer.args.gradient_checkpointing_kwargs)
 
     def run(batch_size: int) -> None:
         tokens = trainer._total_train_tokens  # TRL 1.16's running count, logged as num_tokens

@@ -85,6 +85,7 @@ def test_bad_config_is_one_clear_line(overrides: list[str], message: str, tmp_pa
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
                         lambda *args, **kwargs: loads.append(args) or original(*args, **kwargs))
     monkeypatch.setattr(sys, "argv", ["pricer.train", *overrides, f"output_root={tmp_path}"])
+    monkeypatch.delitem(sys.modules, "pricer.train", raising=False)  # imported by an earlier test: -m runs a fresh copy
     with pytest.raises(SystemExit) as exit_:
         runpy.run_module("pricer.train", run_name="__main__", alter_sys=True)
     assert exit_.value.code == 2

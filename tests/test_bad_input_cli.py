@@ -84,6 +84,7 @@ def test_bad_sweep_is_refused_before_the_first_trial(tmp_path: Path, overrides: 
 
     monkeypatch.setattr(sys, "argv", ["pricer.train", "experiment=demo", "sweep=tpe",
                                       f"output_root={tmp_path / 'out'}", *overrides])
+    monkeypatch.delitem(sys.modules, "pricer.train", raising=False)  # imported by an earlier test: -m runs a fresh copy
     with pytest.raises(SystemExit) as exit_:
         runpy.run_module("pricer.train", run_name="__main__", alter_sys=True)
     err = capsys.readouterr().err

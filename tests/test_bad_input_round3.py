@@ -1,5 +1,6 @@
-"""Bad input, third round (issue 28): each case runs the real command and expects one `error:` line
-naming the problem and the fix, exit 2, before any model load, and nothing written.
+"""Bad input to every command (unreadable files, offline Hub sources, damaged runs and studies, W&B and push
+settings): each case runs the real command and expects one `error:` line naming the problem and the fix, exit 2,
+before any model load, and nothing written.
 
 The commands run in this process (conftest.run_cli_in_process) where they are refused before
 loading anything; what needs a fresh process or trains runs as a subprocess and is marked slow.
@@ -64,7 +65,7 @@ def evaluate_in_process(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys
     return run_cli_in_process(args, monkeypatch, capsys, module="pricer.evaluate")
 
 
-# -- item 4: one line instead of a traceback, before the model loads ---------------------------------------------
+# -- one line instead of a traceback, before the model loads -----------------------------------------------------
 
 
 def test_a_train_file_that_is_not_utf8_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -295,7 +296,7 @@ def test_wandb_online_that_cannot_start_is_refused_before_the_model_loads(tmp_pa
     assert not (tmp_path / "out" / "runs").exists() or not any((tmp_path / "out" / "runs").iterdir())
 
 
-# -- item 5: clear words ------------------------------------------------------------------------------------------
+# -- errors that name the cause and leave nothing behind ---------------------------------------------------------
 
 
 def test_hub_push_while_offline_names_hf_hub_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

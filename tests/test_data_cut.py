@@ -1,4 +1,4 @@
-"""Training and evaluation cut long items the same way (issue 28 item 7).
+"""Training and evaluation cut long items the same way: the prompt's start and "Price is $" survive in both.
 
 TRL cuts a row longer than training.max_length at its end: a long item lost its price and,
 with the loss on the completion only, had nothing to learn (TRL 1.x then drops it), while evaluation kept the prompt's

@@ -1,4 +1,4 @@
-"""The model card keeps its structure whatever the config holds (issue 28 item 6).
+"""The model card keeps its structure whatever the config holds: no config value can close its code block.
 
 A run's resolved config goes into the card's fenced block and its names into the text. An
 output_root holding real newlines, backticks, HTML and a heading ended the code block early,

@@ -104,6 +104,7 @@ def test_resume_auto_skips_owned_runs_failed_runs_and_corrupt_files(tmp_path: Pa
     finally:
         holder.kill()
         holder.wait()
+        holder.stdout.close()
     assert take_resumable("auto", tmp_path, overrides) == runs["alive"]  # its owner died: the kernel let go
     run_lock.release(runs["alive"])
 

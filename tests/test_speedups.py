@@ -68,7 +68,8 @@ def test_faster_step_has_trls_loss_and_gradients(tiny_model_dir: Path, tmp_path:
     off, causal mask only, 4-bit linears in two ops, compiled layers, Liger where CUDA is, rows padded to
     a multiple of 8) on the same rows: the same loss and LoRA gradients."""
     plain = tiny_trainer(tiny_model_dir, tmp_path / "plain", sample_texts, gradient_checkpointing=True)
-    plain.model.gradient_checkpointing_enable()  # the Trainer does this when train() starts
+    # the Trainer does this when train() starts; transformers 5.24 renamed the method (5.17 has only the old name)
+    getattr(plain.model, "activation_checkpointing_enable", plain.model.gradient_checkpointing_enable)()
     speedups.apply_liger("cpu")  # a no-op here, by design
     fast = tiny_trainer(tiny_model_dir, tmp_path / "fast", sample_texts, gradient_checkpointing=False)
     speedups.causal_mask_only(fast.model, "cpu")

@@ -1,4 +1,4 @@
-"""Sweeps that survive (issue 14 item 2): signals, killed workers, pruning's direction, the summary.
+"""Sweeps that survive signals and killed workers, prune in the study's direction and summarize what ran.
 
 Faults are injected into real processes: SIGTERM to a sweep or to one of its workers,
 SIGKILL to a sweep in the middle of a trial. Each test then reads the study (trial
