@@ -37,6 +37,14 @@ def job_signals() -> tuple[int, ...]:
     return SIGNALS if extra is None or extra in SIGNALS else (*SIGNALS, extra)
 
 
+def how_to_continue(signum: int) -> str:
+    """In a submitit SLURM job, submitit's signal (time limit, preemption) is followed by its requeue of the job,
+    which continues the run by itself; after any other signal the user continues it."""
+    if signum == submitit_signal():
+        return "submitit requeues this SLURM job, which continues the run from there"
+    return "rerun the same command with resume=auto to continue"
+
+
 class Interrupted(Exception):
     """Training stopped on a signal after saving; exit status 128 + signal number."""
 
@@ -44,8 +52,7 @@ class Interrupted(Exception):
         """`step` None: the signal came outside training (loading, pushing): nothing new was saved."""
         done = "training finished, adapter saved" if evaluating else "checkpoint saved"
         where = f"at step {step}: {done}" if step is not None else "outside training: its last checkpoint stands"
-        super().__init__(f"interrupted by {signal.Signals(signum).name} {where}, "
-                         "rerun the same command with resume=auto to continue")
+        super().__init__(f"interrupted by {signal.Signals(signum).name} {where}, {how_to_continue(signum)}")
         self.signum, self.step, self.evaluating = signum, step, evaluating
 
     def __reduce__(self):  # pickled as its arguments: rank 0's Interrupted reaches the other ranks whole

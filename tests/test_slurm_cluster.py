@@ -188,7 +188,8 @@ def test_slurm_time_limit_requeues_the_job_and_scancel_fails_its_trial(tmp_path:
     assert [(t.number, t.state.name) for t in trials] == [(0, "COMPLETE"), (1, "FAIL")]
     run_dir = tmp_path / "sweep" / "0"
     run_log = (run_dir / "train.log").read_text()
-    stopped = re.search(r"interrupted by SIGUSR2 at step (\d+): checkpoint saved", run_log)
+    # the line says what happens next: SLURM (submitit) requeues the job, not "rerun the command"
+    stopped = re.search(r"interrupted by SIGUSR2 at step (\d+): checkpoint saved, submitit requeues this SLURM job", run_log)
     resumed = re.search(r"continuing from .*checkpoint-(\d+)", run_log)
     assert stopped and resumed and int(resumed.group(1)) == int(stopped.group(1)) > 0, run_log[-3000:]
     assert json.loads((run_dir / "run.json").read_text())["resumed"] == 1
