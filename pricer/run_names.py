@@ -47,6 +47,15 @@ def claim_run_dir(output_root: str, start: datetime | None = None) -> str:
     return str(_claimed[output_root])
 
 
+def rank_subdir() -> str:
+    """`hydra.sweep.subdir`'s suffix in a SLURM job of several tasks: '' for rank 0, '/rank{n}' for the others,
+    so each task keeps its Hydra files and log in a dir of its own (`{job}/rank{n}`, as a run's other ranks
+    do under torchrun) instead of writing into rank 0's train.log."""
+    from pricer import distributed
+
+    return f"/rank{distributed.rank()}" if not distributed.is_main() else ""
+
+
 def _make_run_dir(output_root: str, start: datetime) -> Path:
     try:
         while True:

@@ -34,6 +34,7 @@ from pricer.resume import ResumeError, write_run
 
 log = logging.getLogger("pricer")
 OmegaConf.register_new_resolver("pricer_run_dir", run_names.claim_run_dir, replace=True)  # hydra.run.dir: one dir per run
+OmegaConf.register_new_resolver("pricer_rank_subdir", run_names.rank_subdir, replace=True)  # sweep=slurm: a dir per task
 
 
 def train(cfg: DictConfig) -> float:

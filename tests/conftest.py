@@ -56,6 +56,25 @@ def offline_env(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["HF_HOME"] = str(tmp_path_factory.mktemp("hf-home"))  # no saved token either
 
 
+@pytest.fixture(autouse=True)
+def no_log_handlers_left_behind() -> Iterator[None]:
+    """An in-process command (Hydra's job logging) attaches handlers to the root logger that write to this
+    test's captured output and to its run's train.log; left behind, a later test's log lines went to a closed
+    stream ("--- Logging error --- ... I/O operation on closed file"). pytest's own capture handlers stay."""
+    import logging
+
+    from _pytest.logging import LogCaptureHandler
+
+    root = logging.getLogger()
+    before, level = set(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in before and not isinstance(handler, LogCaptureHandler):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
+
+
 def compose_train(overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
     """The composed config (without Hydra's own section) and the chosen presets."""
     from pricer.config_errors import library_errors_in_one_line

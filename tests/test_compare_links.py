@@ -10,11 +10,13 @@
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import optuna
 import pytest
 from conftest import run_cli
+from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2
 
 from pricer import compare
@@ -58,9 +60,22 @@ def wandb_records(path: Path) -> list:
 
 
 def wandb_run(run_dir: Path) -> dict:
-    """The run record (id, name, group, job_type, tags, config) and the final summary of one offline run."""
+    """The run record (id, name, group, job_type, tags, config) and the final summary of one offline run.
+
+    W&B's own process (wandb-core) writes the file through a buffer: wandb.finish() in this process can
+    return before the last of it reaches the disk (seen once under a loaded suite: no record yet), so the
+    file is read again until it holds the run record and the exit record, for up to 30 s."""
     (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    records = wandb_records(path)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            records = wandb_records(path)
+        except DecodeError:  # a record cut off where the writer's buffer ended
+            records = []
+        kinds = {r.WhichOneof("record_type") for r in records}
+        if {"run", "exit"} <= kinds or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     summary: dict = {}
     for record in records:

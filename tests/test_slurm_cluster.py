@@ -263,3 +263,27 @@ def test_slurm_sweep_refused_before_any_job(override: str, key: str, tmp_path: P
     assert "Traceback" not in out.stderr
     assert slurm_cluster.run("sacct", "-X", "-n", "-o", "JobID").stdout.split() == before
     assert not (tmp_path / "sweep" / ".submitit").exists()
+
+
+def test_slurm_trial_of_two_tasks_is_one_run_with_a_log_per_rank(tmp_path: Path, slurm_cluster, postgres_url: str) -> None:
+    """hydra.sweeper.gpus_per_trial=2 on the real cluster: the trial is one SLURM job whose step runs 2 tasks
+    (srun), and the 2 tasks are the 2 ranks of one run (torch.distributed from SLURM's variables; gloo here,
+    no GPU). Rank 0 logs in the job dir, rank 1 in `{job}/rank1`, not into rank 0's train.log."""
+    log = tmp_path / "sweep.log"
+    proc = start_sweep(sweep_args(tmp_path, postgres_url, "hydra.sweeper.n_trials=1", "hydra.sweeper.n_jobs=1",
+                                  "hydra.sweeper.gpus_per_trial=2", "hydra.launcher.mem_gb=2"), log)
+    out = finish(proc, log)
+    assert proc.returncode == 0, out[-4000:]
+    (trial,) = study(postgres_url).get_trials(deepcopy=False)
+    assert trial.state.name == "COMPLETE", trial.user_attrs.get("fail_reason")
+    job = trial.user_attrs["slurm_job"]["id"]
+    steps = slurm_cluster.run("sacct", "-n", "-P", "-o", "JobID,NTasks", "-j", job).stdout.split()
+    assert f"{job}.0|2" in steps, steps  # SLURM's record: the job's step ran 2 tasks
+
+    run_dir = tmp_path / "sweep" / "0"
+    assert json.loads((run_dir / "run.json").read_text())["world_size"] == 2
+    rank0, rank1 = (run_dir / "train.log").read_text(), (run_dir / "rank1" / "train.log").read_text()
+    batch_lines = [line for line in rank0.splitlines() if "effective batch" in line]
+    assert len(batch_lines) == 1 and "x 2 devices" in batch_lines[0], batch_lines
+    assert "effective batch" in rank1, "rank 1 logs its own work, in its own file"
+    assert not (run_dir / "rank1" / "run.json").exists(), "rank 1 claims nothing: the run is rank 0's"
