@@ -22,7 +22,7 @@ from conftest import ROOT, run_cli_in_process
 pytestmark = pytest.mark.slow  # starts a cluster and runs sweeps of SLURM jobs
 
 STEPS, SAVE_EVERY = 20, 5
-LONG_STEPS = 100  # long enough to be training when SLURM's signal comes (slurmctld checks time limits every ~30 s)
+LONG_STEPS = 300  # still training when SLURM's signal comes: slurmctld checks time limits every ~30 s, and a tiny step takes ~0.2 s
 
 
 def sweep_args(tmp_path: Path, url: str, *extra: str, steps: int = STEPS) -> list[str]:

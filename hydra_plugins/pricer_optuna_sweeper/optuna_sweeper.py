@@ -403,12 +403,13 @@ class PricerOptunaSweeper(Sweeper):
         trained in: pricer.train continues that run (`resume=`), from its last complete
         checkpoint, under the same run name, Hub repo and W&B run.
         """
-        adopted = _adopted_job_result(trial)  # a SLURM job that outlived the sweep process that submitted it
-        if adopted is not None:
-            return adopted
         from pricer.trial import ENV_TRIAL, RUN_DIR
 
-        from . import _space, _workers
+        from . import _slurm_jobs, _space, _workers
+
+        adopted = _slurm_jobs.adopted_job_result(trial)  # a SLURM job that outlived the sweep process that submitted it
+        if adopted is not None:
+            return adopted
 
         overrides = [f"{k}={_space.override_value(v)}" for k, v in trial.params.items()]
         overrides += [f"{k}={v}" for k, v in fixed.items()]
@@ -419,7 +420,8 @@ class PricerOptunaSweeper(Sweeper):
         overrides.append(f"++hydra.job.env_set.{ENV_TRIAL}={trial.number}")  # per job, so via its config
         if self.gpus_per_trial > 1 and _runs_in_process(self.launcher):
             _workers.hand_out(overrides, trial.number)  # the worker's other ranks run the same job with rank 0
-        return self.launcher.launch([overrides], initial_job_idx=trial.number)[0]
+        ret = self.launcher.launch([overrides], initial_job_idx=trial.number)[0]
+        return _slurm_jobs.wait_while_requeued(trial, ret) if not _runs_in_process(self.launcher) else ret
 
     def _write_results(self, sweep_dir: Path, results: dict, study: Any = None, url: str | None = None) -> None:
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
@@ -455,21 +457,6 @@ class PricerOptunaSweeper(Sweeper):
                                OmegaConf.select(self.config, "tracking.entity", default=None), f"sweep-{sweep_dir.name}",
                                str(sweep_dir), config, summary,
                                tracking.preset_tags(choices, OmegaConf.select(self.config, "tracking.tags", default=None)))
-
-
-def _adopted_job_result(trial: Any) -> JobReturn | None:
-    """The result of the SLURM job a sweep run again took over (_study.adopt_orphaned_job), once it ends;
-    None for any other trial. submitit reads it from the job's folder, as it would have for the dead sweep."""
-    from pricer.trial import SLURM_JOB
-
-    from . import _study
-
-    job = trial.user_attrs.get(SLURM_JOB)
-    if job is None or trial.user_attrs.get(_study.ADOPTED) != job["id"]:
-        return None
-    import submitit
-
-    return submitit.SlurmJob(folder=job["folder"], job_id=job["id"]).results()[0]
 
 
 def _check_slurm_launcher(launcher: Any) -> None:
