@@ -22,8 +22,6 @@ from pricer.objectives import OBJECTIVES
 from pricer.schema import POSITIVE, TO_SFT, Data, Evaluation, Hardware, Hub, Model, Tracking, TrainConfig
 
 Group = TypeVar("Group")
-# Keys of the `hardware` group that are pricer's own; the rest go to SFTConfig.
-HARDWARE_KEYS = tuple(f.name for f in fields(Hardware) if not f.metadata.get(TO_SFT))
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ from types import UnionType
 from typing import Any
 
 from pricer.config_errors import ConfigError, check_known, first_line
+from pricer.schema import ComputeDtype
 
-COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
+COMPUTE_DTYPES = tuple(dtype.value for dtype in ComputeDtype)  # the schema's hardware.compute_dtype choices
 QUANT_TYPES = ("nf4", "fp4")  # bitsandbytes' 4-bit data types
 # The prompt's fixed words ("How much does this cost to the nearest dollar?" ... "Price is $") take
 # ~16 tokens with Llama 3's tokenizer and the price ~4 more: a shorter max_length cuts every item
