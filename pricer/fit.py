@@ -25,7 +25,8 @@ log = logging.getLogger("pricer")
 
 
 class StopOnSignal(SignalStop, TrainerCallback):
-    """pricer.interrupt's signal stop as a Trainer callback: saves and stops at the end of the step."""
+    """pricer.interrupt's signal stop as a Trainer callback: saves and stops at the end of the step;
+    after training, through scoring, stops at once (the caller's `with` block)."""
 
 
 class RecordCheckpoint(TrainerCallback):
@@ -52,21 +53,20 @@ class CheckpointKeeper(CheckpointPusher, TrainerCallback):
 
 def fit(model, tokenizer, train_dataset, val: Items | None, *, run_dir: Path, run_name: str, sft: dict[str, Any],
         lora: dict[str, Any], seed: int, hardware: Hardware, evaluation: Evaluation, report_to: list[str],
-        keeper: CheckpointKeeper, lean_4bit: bool, auto_batch_size: bool):
+        keeper: CheckpointKeeper, stopper: StopOnSignal, lean_4bit: bool, auto_batch_size: bool):
     """The trained PEFT model and the run's training numbers (loss, steps, seconds, trainable params).
 
     `auto_batch_size` measures peak memory and fills hardware.memory_gib; otherwise `sft`'s batch size
     stays. `lean_4bit`: hardware.lean_4bit where the base is 4-bit. `keeper` pushes and rotates
-    checkpoints as they are saved."""
+    checkpoints as they are saved. `stopper` takes signals from the start of training: the caller's
+    `with stopper:` keeps it, raising at once, until scoring ends."""
     from pricer import batch_size, speedups, trial
-    from pricer.interrupt import Interrupted
     from pricer.modeling import build_lora_config
     from pricer.sft import build_sft_config, build_trainer
 
     checkpoints_dir, adapter_dir = run_dir / "checkpoints", run_dir / "adapter"
     args = build_sft_config(sft, output_dir=str(checkpoints_dir), run_name=run_name, report_to=report_to, seed=seed,
                             use_cpu=hardware.accelerator == "cpu")
-    stopper = StopOnSignal()
     eval_steps = evaluation.eval_steps
     callbacks = [keeper, RecordCheckpoint(run_dir), stopper, *trial.trial_callbacks(eval_during_training=bool(eval_steps))]
     if sft.get("max_length"):  # long rows keep their price, as evaluation keeps "Price is $"
@@ -102,13 +102,14 @@ def fit(model, tokenizer, train_dataset, val: Items | None, *, run_dir: Path, ru
 
         log.info("training ended at step %d in an earlier attempt: evaluating its adapter only", training["train_steps"])
         load_adapter_weights(trainer.model, adapter_dir)
+        stopper.install().training_ended(training["train_steps"], None)
     else:
         training = train_and_save(trainer, tokenizer, stopper, keeper, checkpoints_dir, adapter_dir)
         if is_main():
             write_run(run_dir, trained=training)
-        signum = agreed_signal(stopper.signum)  # several ranks: all raise, or none
-        if signum is not None:  # came while the adapter was saved: it is, so a resume evaluates
-            raise Interrupted(signum, training["train_steps"], evaluating=True)
+        # a signal that came while the adapter was saved raises now (several ranks: all raise, or none);
+        # the adapter is saved, so a resume evaluates
+        stopper.training_ended(training["train_steps"], agreed_signal(stopper.signum))
     return trainer.model, training | {"trainable_params": trainable}
 
 
@@ -124,20 +125,17 @@ def train_and_save(trainer, tokenizer, stopper, keeper, checkpoints_dir: Path, a
     last = complete_checkpoints(checkpoints_dir)[-1:] if checkpoints_dir.exists() else []
     if last:
         log.info("continuing from %s", last[0])
-    stopper.install()
+    stopper.install()  # stays after training: the caller's `with stopper:` ends it
     try:
-        try:
-            result = trainer.train(resume_from_checkpoint=str(last[0]) if last else None)
-        finally:
-            keeper.close()  # pushes queued checkpoints, however training ended
-        if stopper.signum is not None and trainer.state.global_step < trainer.state.max_steps:
-            raise Interrupted(stopper.signum, trainer.state.global_step)
-        trial.raise_if_pruned()  # after the trainer's own shutdown: a pruned trial keeps its checkpoint
-        if is_main():  # every rank holds the same adapter (DDP)
-            trainer.model.save_pretrained(adapter_dir)  # the adapter only, a few MB
-            tokenizer.save_pretrained(adapter_dir)
+        result = trainer.train(resume_from_checkpoint=str(last[0]) if last else None)
     finally:
-        stopper.restore()
+        keeper.close()  # pushes queued checkpoints, however training ended
+    if stopper.signum is not None and trainer.state.global_step < trainer.state.max_steps:
+        raise Interrupted(stopper.signum, trainer.state.global_step)
+    trial.raise_if_pruned()  # after the trainer's own shutdown: a pruned trial keeps its checkpoint
+    if is_main():  # every rank holds the same adapter (DDP)
+        trainer.model.save_pretrained(adapter_dir)  # the adapter only, a few MB
+        tokenizer.save_pretrained(adapter_dir)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {
         "train_loss": result.training_loss,

@@ -60,11 +60,11 @@ class Interrupted(Exception):
 
 
 class RaiseOnSignal:
-    """After training: a signal ends the evaluation at once (Interrupted, exit 128 + signal). The
-    adapter is already saved and run.json says so, so `resume=` evaluates again and never trains."""
+    """Outside training (loading, claiming, pushing): a signal ends the run at once (Interrupted with no
+    step, exit 128 + signal); nothing new was saved, the run's last checkpoint stands."""
 
-    def __init__(self, step: int) -> None:
-        self.step, self.previous = step, {}
+    def __init__(self) -> None:
+        self.previous: dict[int, object] = {}
 
     def __enter__(self) -> "RaiseOnSignal":
         if threading.current_thread() is threading.main_thread():
@@ -77,20 +77,34 @@ class RaiseOnSignal:
             signal.signal(sig, handler)
 
     def _raise(self, signum: int, frame) -> None:
-        raise Interrupted(signum, self.step, evaluating=True)
+        raise Interrupted(signum, None)
 
 
 class SignalStop:
-    """SIGTERM/SIGINT during training: save at the end of this step and stop. The Trainer gets it as
-    pricer.fit.StopOnSignal (with TrainerCallback's other hooks): the sweeper imports this module
-    (Interrupted, SIGNALS) in processes that never import transformers."""
+    """SIGTERM/SIGINT from the start of training to the end of scoring, one handler throughout.
+
+    During training a signal only sets a flag: the Trainer saves at the end of this step and
+    stops. Once training ended (`training_ended`, after the adapter and run.json's "trained"
+    are written) a signal raises Interrupted at once: the adapter is saved, so a resume only
+    evaluates. One handler for both phases leaves no instant between them in which a signal
+    would reach the handler outside (and read as "outside training"). The handlers go in when
+    training starts (`install`) and come out when the `with` block around training and scoring ends.
+    The Trainer gets this as pricer.fit.StopOnSignal (with TrainerCallback's other hooks): the
+    sweeper imports this module (Interrupted, SIGNALS) in processes that never import transformers."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.trained_step: int | None = None  # set once training ended: a signal then raises
         self.previous: dict[int, object] = {}
 
+    def __enter__(self) -> "SignalStop":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
     def install(self) -> "SignalStop":
-        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
+        if threading.current_thread() is threading.main_thread() and not self.previous:  # handlers only there
             for sig in job_signals():
                 self.previous[sig] = signal.signal(sig, self._on_signal)
         return self
@@ -100,7 +114,16 @@ class SignalStop:
             signal.signal(sig, handler)
         self.previous.clear()
 
+    def training_ended(self, step: int, signum: int | None) -> None:
+        """From here a signal raises at once; one that came during training (`signum`, agreed by all
+        ranks) raises now, after the adapter was saved."""
+        self.trained_step = step
+        if signum is not None or self.signum is not None:
+            raise Interrupted(signum or self.signum, step, evaluating=True)
+
     def _on_signal(self, signum: int, frame) -> None:
+        if self.trained_step is not None:
+            raise Interrupted(signum, self.trained_step, evaluating=True)
         self.signum = signum
         self.restore()  # a second signal ends the process the default way
 

@@ -49,7 +49,6 @@ def train(cfg: DictConfig) -> float:
                  sweep_objective(run.optimized_metric), run.optimized_metric)
         run = dataclasses.replace(run, optimized_metric=sweep_objective(run.optimized_metric))
     from pricer import evaluate, fit, modeling, tracking, trial
-    from pricer.interrupt import RaiseOnSignal
     from pricer.metrics import run_report
 
     evaluation, data, hardware = run.evaluation, run.data, run.hardware
@@ -77,12 +76,13 @@ def train(cfg: DictConfig) -> float:
                                    job_type="trial" if tracked_config["trial"] else "train",
                                    storage=os.environ.get(trial.ENV_STORAGE), link=trial.set_trial_attrs)
         keeper = fit.CheckpointKeeper.for_run(run_dir, claim.repo_id, run.hub, run.sft["save_total_limit"])
-        model, training = fit.fit(
-            model, tokenizer, slices.train, slices.val, run_dir=run_dir, run_name=claim.project_run_name,
-            sft=run.sft, lora=run.lora, seed=run.seed, hardware=hardware, evaluation=evaluation, report_to=report_to,
-            keeper=keeper, lean_4bit=hardware.lean_4bit and bool(run.quant.get("load_in_4bit")),
-            auto_batch_size=run.auto_batch_size)
-        with RaiseOnSignal(training["train_steps"]):  # a signal now ends the run at once: a resume evaluates
+        with fit.StopOnSignal() as stopper:  # signals from the start of training to the end of scoring
+            model, training = fit.fit(
+                model, tokenizer, slices.train, slices.val, run_dir=run_dir, run_name=claim.project_run_name,
+                sft=run.sft, lora=run.lora, seed=run.seed, hardware=hardware, evaluation=evaluation,
+                report_to=report_to, keeper=keeper, stopper=stopper,
+                lean_4bit=hardware.lean_4bit and bool(run.quant.get("load_in_4bit")), auto_batch_size=run.auto_batch_size)
+            # from here to the end of scoring a signal ends the run at once: a resume evaluates
             metrics = on_main(lambda: evaluate.score_slices(  # once, on rank 0: every rank gets its numbers
                 model, tokenizer, slices, adapter_dir, evaluation.top_k, evaluation.batch_tokens,
                 run.sft["max_length"], claim.project_run_name) | training)
@@ -158,7 +158,7 @@ def main(cfg: DictConfig) -> float:
     single = HydraConfig.get().mode != RunMode.MULTIRUN  # a sweeper handles signals itself
     try:  # from here a signal ends the run in one line (exit 128 + signal), its dir dropped if still unclaimed;
         try:
-            with RaiseOnSignal(None) if single else contextlib.nullcontext():  # training and scoring handle it their way
+            with RaiseOnSignal() if single else contextlib.nullcontext():  # training and scoring handle it their way
                 check_repeated_overrides(list(HydraConfig.get().overrides.task))
                 import_trainer_integrations()  # without "Running in WANDB offline mode", printed even with tracking=none
                 return train(cfg)

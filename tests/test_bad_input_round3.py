@@ -466,7 +466,7 @@ def test_sigterm_during_the_hub_account_lookup_is_an_interruption(tmp_path: Path
     monkeypatch.setattr(hf_api.api, "endpoint", endpoint)
     threading.Thread(target=accept, daemon=True).start()
     try:
-        with pytest.raises(Interrupted) as stopped, RaiseOnSignal(None):
+        with pytest.raises(Interrupted) as stopped, RaiseOnSignal():
             checked_account(None, attempts=3, wait_s=0.0)
     finally:
         server.close()

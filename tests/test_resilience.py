@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_cli_in_process
 from safetensors.torch import load_file
 
 RUN = [
@@ -165,6 +165,34 @@ def test_hub_down_all_run_then_pricer_push_sends_everything(tmp_path: Path, hub_
     assert files["adapter_model.safetensors"] == (run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
     again = subprocess.run([sys.executable, "-m", "pricer.push", str(run_dir)], cwd=ROOT, capture_output=True, text=True)
     assert "nothing: all up to date" in again.stdout
+
+
+@pytest.mark.slow
+def test_sigterm_just_after_training_is_held_for_the_evaluation_phase(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """The signal lands in the instant between training's end and scoring's start (here: the moment run.json
+    records the finished training). That instant once belonged to the handler outside training, and the run
+    ended "outside training" although its adapter was saved; one handler now spans training and scoring."""
+    import pricer.fit
+
+    real_write_run = pricer.fit.write_run
+
+    def write_then_signal(run_dir: Path, **fields) -> None:
+        real_write_run(run_dir, **fields)
+        if "trained" in fields:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(pricer.fit, "write_run", write_then_signal)
+    run_dir, handler_before = tmp_path / "run", signal.getsignal(signal.SIGTERM)
+    args = ["experiment=demo", "training.max_steps=8", "training.save_steps=8", "evaluation.test_items=20"]
+    out = run_cli_in_process([*args, f"output_root={tmp_path}", f"hydra.run.dir={run_dir}"], monkeypatch, capsys)
+    assert out.returncode == 128 + signal.SIGTERM, out.stderr[-2000:]
+    assert "error: interrupted by SIGTERM at step 8: training finished, adapter saved" in out.stderr
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["status"] == "interrupted" and meta["trained"]["train_steps"] == 8
+    assert (run_dir / "adapter" / "adapter_model.safetensors").exists()
+    assert not (run_dir / "adapter" / "metrics.json").exists(), "scoring never started"
+    assert signal.getsignal(signal.SIGTERM) == handler_before, "the run's handlers are gone after it"
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from pricer import PACKAGE_DIR
 from pricer.config import validate
 from pricer.data import load_slices
 from pricer.evaluate import score_slices
-from pricer.fit import CheckpointKeeper, fit
+from pricer.fit import CheckpointKeeper, StopOnSignal, fit
 from pricer.frozen4bit import lean_forward
 from pricer.modeling import load_for_run
 from pricer.resume import write_run
@@ -46,11 +46,12 @@ def test_qlora_trains_adapter_and_keeps_4bit_base(tmp_path: Path, cpu_kind: str)
                          evaluation.test_items, evaluation.val_items)
     write_run(tmp_path, status="running")  # what the run's claim writes first
     keeper = CheckpointKeeper.for_run(tmp_path, None, run.hub, run.sft["save_total_limit"])
-    model, metrics = fit(model, tokenizer, slices.train, slices.val, run_dir=tmp_path, run_name="pricer-test",
-                         sft=run.sft, lora=run.lora, seed=run.seed, hardware=hardware, evaluation=evaluation, report_to=[],
-                         keeper=keeper, lean_4bit=True, auto_batch_size=False)
-    scores = score_slices(model, tokenizer, slices, tmp_path / "adapter", evaluation.top_k,
-                          evaluation.batch_tokens, run.sft["max_length"], "pricer-test")
+    with StopOnSignal() as stopper:
+        model, metrics = fit(model, tokenizer, slices.train, slices.val, run_dir=tmp_path, run_name="pricer-test",
+                             sft=run.sft, lora=run.lora, seed=run.seed, hardware=hardware, evaluation=evaluation,
+                             report_to=[], keeper=keeper, stopper=stopper, lean_4bit=True, auto_batch_size=False)
+        scores = score_slices(model, tokenizer, slices, tmp_path / "adapter", evaluation.top_k,
+                              evaluation.batch_tokens, run.sft["max_length"], "pricer-test")
     assert {"test/price_error", "val/price_error", "baseline/price_error"} <= set(scores)
 
     for name, weight in dequantized(packed).items():  # the same Params4bit objects, now inside peft's layers
