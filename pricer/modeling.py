@@ -126,7 +126,40 @@ def load_for_run(model: Model, quant: dict[str, Any], compute_dtype: str, accele
         return tokenizer, base
     from peft import PeftModel
 
-    return tokenizer, PeftModel.from_pretrained(base, adapter, revision=adapter_revision)
+    model = PeftModel.from_pretrained(base, adapter, revision=adapter_revision)
+    keep_saved_dtype(model, adapter, adapter_revision)
+    return tokenizer, model
+
+
+def keep_saved_dtype(model, adapter: str, revision: str | None = None) -> None:
+    """The loaded adapter computes in the dtype it was saved in, which is the one its run trained and
+    scored it in.
+
+    On bf16 hardware TRL keeps a 4-bit base's trainable weights in bf16, and peft's loader upcasts a
+    bf16 adapter to fp32: LoRA then ran at another precision than in the run, and a re-score of an
+    8B-shaped run (random weights, near-tied prices) on an H100 said test $308.56 / 6.0 % hits where
+    the run's own report said $313.93 / 8.0 %. Only the file's header is read (a Hub adapter is in
+    the cache already: peft just downloaded it); an adapter saved in several dtypes is left as loaded."""
+    from safetensors import safe_open
+
+    path = Path(adapter) / "adapter_model.safetensors"
+    if not path.is_file():
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(adapter, path.name, revision=revision))
+    with safe_open(str(path), framework="pt") as saved:
+        dtypes = {saved.get_slice(key).get_dtype() for key in saved.keys()}
+    if len(dtypes) != 1 or (dtype := SAFETENSORS_DTYPES.get(dtypes.pop())) is None:
+        return
+    import torch
+
+    own = f".{model.active_adapter}."  # lora_A.default.weight, modules_to_save.default.weight, ...
+    for name, param in model.named_parameters():
+        if own in name and param.is_floating_point():
+            param.data = param.data.to(getattr(torch, dtype))
+
+
+SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}  # the header's name -> torch's
 
 
 def keep_4bit_layout(model) -> int:

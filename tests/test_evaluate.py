@@ -145,6 +145,37 @@ def test_cli_without_adapter_scores_the_base_model(run, adapter_metrics, tmp_pat
     assert got["test/price_error"] != pytest.approx(with_adapter["test/price_error"], rel=1e-3)
 
 
+def test_an_adapter_saved_in_bf16_scores_as_its_run_did(run, tiny_model_dir, tmp_path):
+    """On bf16 hardware TRL trains a 4-bit base's LoRA in bf16 and the run scores it so; peft's loader
+    upcasts a bf16 adapter to fp32, and the re-score then ran LoRA at another precision (an 8B-shaped
+    run re-scored on an H100 moved from $313.93 to $308.56). The loaded adapter keeps the saved dtype,
+    and its logits are the in-memory model's, bit for bit."""
+    from peft import LoraConfig, get_peft_model
+
+    from pricer.modeling import load_for_run
+    from pricer.schema import Model
+
+    torch.manual_seed(1)
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+                      task_type="CAUSAL_LM")
+    trained = get_peft_model(run.load_base(), lora)
+    for param in trained.parameters():
+        if param.requires_grad:  # what TRL leaves in memory at the end of such a run
+            param.data = param.data.to(torch.bfloat16)
+    trained.save_pretrained(tmp_path)
+
+    base = Model(pretrained_model_name_or_path=str(tiny_model_dir), revision=None, trust_remote_code=False,
+                 attn_implementation="sdpa", build_tiny=False)
+    _, loaded = load_for_run(base, {}, "float32", "cpu", False, adapter=str(tmp_path))
+    adapter_dtypes = {p.dtype for name, p in loaded.named_parameters() if ".default." in name}
+    assert adapter_dtypes == {torch.bfloat16}
+
+    batch = run.tokenizer(run.prompts[:4], return_tensors="pt", padding=True)
+    trained.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, trained(**batch).logits)
+
+
 @pytest.mark.slow  # trains 2 steps
 def test_callback_logs_price_metrics_while_training(run, tmp_path):
     from transformers import Trainer, TrainingArguments
