@@ -111,15 +111,16 @@ def test_a_launcher_job_of_two_tasks_is_one_run_of_two_ranks(tmp_path: Path, tin
 @pytest.mark.slow  # a sweep of 2 worker processes (their trials fail at once: no CUDA here)
 def test_workers_sharing_a_gpu_with_batch_auto_each_fill_their_share_of_it(tmp_path: Path) -> None:
     """batch=auto fills hardware.memory_gib of the card less 10 %: two workers on one card would each
-    plan for the whole of it. Each gets memory_gib / 2 as its own setting (here its trials then fail at
-    validation, as hardware=h100 on a machine without CUDA must)."""
+    plan for the whole of it. Each gets memory_gib / 2 as its own setting, also where the user gave the
+    card's memory on the command line (on an H100, 79: the workers were refused, the key given twice),
+    and its trials then fail at validation, as hardware=h100 on a machine without CUDA must."""
     out = run_cli(["experiment=demo", "sweep=tpe", "hydra.sweeper.n_jobs=2", "hydra.sweeper.devices=[0,0]", "hardware=h100",
-                   "hardware.per_device_train_batch_size=auto", "hydra.sweeper.n_trials=2", "hydra.sweeper.max_failure_rate=1",
-                   f"output_root={tmp_path}"], timeout=600)
+                   "hardware.per_device_train_batch_size=auto", "hardware.memory_gib=79", "hydra.sweeper.n_trials=2",
+                   "hydra.sweeper.max_failure_rate=1", f"output_root={tmp_path}"], timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
-    assert "each worker fills its share, hardware.memory_gib=40, 40 of 80" in out.stdout
+    assert "each worker fills its share, hardware.memory_gib=39.5, 39.5 of 79" in out.stdout
     trials = optuna.load_study(study_name="tpe", storage=f"sqlite:///{tmp_path / 'sweeps' / 'tpe' / 'optuna.db'}").get_trials()
-    assert [t.user_attrs["hardware.memory_gib"] for t in trials] == ["40", "40"]  # the setting each worker's jobs ran with
+    assert [t.user_attrs["hardware.memory_gib"] for t in trials] == ["39.5", "39.5"]  # each worker's jobs ran with it
     assert all("needs a CUDA GPU" in t.user_attrs["fail_reason"] for t in trials)
 
 

@@ -156,7 +156,7 @@ def _start(index: int, devices: list[str], threads: int | None, overrides: list[
         env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
-    command = sys.orig_argv[1:]
+    command = without_keys(sys.orig_argv[1:], overrides)
     if ranks > 1:  # this module's __main__ is torchrun; --standalone: a free port of its own per worker
         command = ["-m", __name__, "--nproc_per_node", str(ranks), "--standalone", *_torchrun_script(command)]
     proc = subprocess.Popen([sys.executable, *command, *overrides], env=env, preexec_fn=_die_with_parent,
@@ -164,6 +164,18 @@ def _start(index: int, devices: list[str], threads: int | None, overrides: list[
     where = f"GPU {','.join(devices)}" if devices else f"the CPU, {env.get('OMP_NUM_THREADS', 'all')} threads"
     log.info("worker %d (pid %d) on %s%s", index, proc.pid, where, f" x {ranks} ranks (torchrun)" if ranks > 1 else "")
     return proc
+
+
+def without_keys(argv: list[str], overrides: list[str]) -> list[str]:
+    """The sweep's command line less each `key=value` that a worker's own override sets again: the
+    worker's value (its share of a card's memory, its own n_jobs=1) replaces the user's, where both
+    would be a key given twice, which pricer refuses."""
+    keys = {_key(override) for override in overrides}
+    return [arg for arg in argv if arg.startswith("-") or "=" not in arg or _key(arg) not in keys]
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+")
 
 
 def _torchrun_script(argv: list[str]) -> list[str]:
