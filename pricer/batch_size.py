@@ -81,26 +81,37 @@ def pick_batch_size(
 
     Doubles the batch from `start` until a real step goes over the budget, fits a line
     (peak = fixed + per-row x batch) through the last two measured points, and checks
-    the largest multiple of `multiple` it allows with one more real step. The margin
+    the largest multiple of `multiple` it allows with one more real step. A doubling that the
+    line through the last two points puts over the whole budget is not run: on a card that
+    sweep workers share, the budget is this worker's share, and such a step reached for the
+    others' memory (two 8B-shaped workers on one H100, 39.5 GiB each, both probed batch 64
+    at once and filled the card; one probing while the other trained would end that one's
+    trial). On a card of its own the step would only have run out of memory. The margin
     covers the allocator's fragmentation, the CUDA context and the optimizer's state,
     which appears only at the first optimizer step. `measure` is injectable so a
     simulated budget can stand in for a GPU.
     """
     usable = budget_gib * (1 - margin)
     points: list[tuple[int, float]] = []
-    batch = start
+    batch, ceiling = start, limit
     while batch <= limit:
+        if len(points) >= 2 and predicted_peak(points[-2], points[-1], batch) > budget_gib:
+            log.info("batch=auto: batch %d would peak at ~%.1f GiB, over the %g GiB budget: not run",
+                     batch, predicted_peak(points[-2], points[-1], batch), budget_gib)
+            ceiling = batch - 1
+            break
         points.append((batch, measure(run_step, batch)))
         log.info("batch=auto: batch %d peaks at %.2f GiB (usable: %.1f GiB = %.0f %% of %g)",
                  batch, points[-1][1], usable, 100 * (1 - margin), budget_gib)
         if points[-1][1] > usable:
+            ceiling = batch - 1
             break
         batch *= 2
     fitting = [b for b, peak in points if peak <= usable]
     if not fitting:
         raise MemoryError(f"batch=auto: even batch {start} needs {points[0][1]:.1f} GiB of the usable {usable:.1f}: "
                           "turn gradient_checkpointing on, use quant=nf4, or set a larger memory_gib")
-    best, ceiling = fitting[-1], min([b - 1 for b, peak in points if peak > usable], default=limit)
+    best = fitting[-1]
     measured = [(b, peak) for b, peak in points if math.isfinite(peak)][-2:]
     if len(measured) == 2 and best < ceiling:
         guess = fitted_batch(measured[0], measured[1], usable, ceiling, multiple)
@@ -115,14 +126,24 @@ def pick_batch_size(
 def fitted_batch(point0: tuple[int, float], point1: tuple[int, float], usable: float, ceiling: int, multiple: int) -> int:
     """The largest multiple of `multiple` (at most `ceiling`) whose peak, on the line through two measured
     (batch, peak GiB) points (peak = fixed + per-row x batch), stays within `usable` GiB."""
-    (b0, p0), (b1, p1) = point0, point1
-    per_row = (p1 - p0) / (b1 - b0)
-    fixed = p0 - per_row * b0
+    fixed, per_row = line_through(point0, point1)
     rows = (usable - fixed) / per_row if per_row > 0 else ceiling
     guess = int(min(rows, ceiling)) // multiple * multiple
     log.info("batch=auto: peak ~ %.2f GiB + %.4f GiB x batch -> (%.1f - %.2f) / %.4f = %.0f rows -> batch %d",
              fixed, per_row, usable, fixed, per_row, rows, guess)
     return guess
+
+
+def line_through(point0: tuple[int, float], point1: tuple[int, float]) -> tuple[float, float]:
+    """(fixed GiB, GiB per row) of the line through two measured (batch, peak GiB) points."""
+    (b0, p0), (b1, p1) = point0, point1
+    per_row = (p1 - p0) / (b1 - b0)
+    return p0 - per_row * b0, per_row
+
+
+def predicted_peak(point0: tuple[int, float], point1: tuple[int, float], batch: int) -> float:
+    fixed, per_row = line_through(point0, point1)
+    return fixed + per_row * batch
 
 
 def set_batch_size(trainer, batch_size: int) -> None:

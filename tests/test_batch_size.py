@@ -44,6 +44,24 @@ def test_the_fitted_batch_on_peaks_measured_on_the_h200() -> None:
     assert batch_size.fitted_batch((8, 5.0), (16, 5.0), usable=72.0, ceiling=40, multiple=8) == 40, "flat: the ceiling"
 
 
+def test_the_probe_never_runs_a_step_the_line_puts_over_the_budget() -> None:
+    """Peaks as the real probe measured them for the 8B shape on an H100 (5.72 GiB + 0.8054 GiB a row).
+    Two sweep workers sharing the card have 39.5 GiB each: batch 64 (~57 GiB) would reach for the other
+    worker's memory, so it is not run, and the pick is the same 32. On a card of its own (80 GiB) the
+    pick is what the doubling and the line found before (80), with the step at 128 (~109 GiB) left out."""
+    def probe(budget: float) -> tuple[int, list[int]]:
+        measured: list[int] = []
+
+        def measure(run_step, batch: int) -> float:
+            measured.append(batch)
+            return 5.72 + 0.8054 * batch
+
+        return batch_size.pick_batch_size(lambda batch: None, budget, measure=measure), measured
+
+    assert probe(39.5) == (32, [8, 16, 32])
+    assert probe(80.0) == (80, [8, 16, 32, 64, 80])
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the probe measures CUDA memory")
 
 
