@@ -143,10 +143,16 @@ def keep_saved_dtype(model, adapter: str, revision: str | None = None) -> None:
     from safetensors import safe_open
 
     path = Path(adapter) / "adapter_model.safetensors"
-    if not path.is_file():
+    if not Path(adapter).is_dir():
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
 
-        path = Path(hf_hub_download(adapter, path.name, revision=revision))
+        try:
+            path = Path(hf_hub_download(adapter, path.name, revision=revision))
+        except EntryNotFoundError:
+            return  # an adapter saved in the older .bin format: left as peft loaded it
+    if not path.is_file():
+        return
     with safe_open(str(path), framework="pt") as saved:
         dtypes = {saved.get_slice(key).get_dtype() for key in saved.keys()}
     if len(dtypes) != 1 or (dtype := SAFETENSORS_DTYPES.get(dtypes.pop())) is None:

@@ -115,6 +115,10 @@ def test_cli_run_trains_pushes_tracks_and_leaks_no_secret(tmp_path: Path, hub_st
     assert not [path for path in files if path.startswith(("checkpoint-", "wandb", ".hydra")) or path.endswith(".log")]
     card = files["README.md"].decode()
     assert "base_model:" in card and "tiny-llama" in card and "test/price_error" in card and "lora_dropout" in card
+    # The pushed repo alone scores the same: its config, and the adapter that peft (and the dtype check) fetch over HTTP.
+    from_hub = evaluate_cli([repo_id, "--out", str(tmp_path / "eval-hub")])
+    for key in ("test/price_error", "test/rmsle", "test/hit_rate", "baseline/price_error"):
+        assert from_hub[key] == pytest.approx(metrics[key], rel=1e-4), key
 
     # W&B (offline): one run, named after the project run, holding the resolved config
     # (the .wandb file is W&B's protobuf record log: the config values appear in it verbatim).
