@@ -95,9 +95,10 @@ def pick_batch_size(
     points: list[tuple[int, float]] = []
     batch, ceiling = start, limit
     while batch <= limit:
-        if len(points) >= 2 and predicted_peak(points[-2], points[-1], batch) > budget_gib:
+        predicted = predicted_peak(points[-2], points[-1], batch) if len(points) >= 2 else 0.0
+        if predicted > budget_gib:
             log.info("batch=auto: batch %d would peak at ~%.1f GiB, over the %g GiB budget: not run",
-                     batch, predicted_peak(points[-2], points[-1], batch), budget_gib)
+                     batch, predicted, budget_gib)
             ceiling = batch - 1
             break
         points.append((batch, measure(run_step, batch)))
@@ -142,6 +143,7 @@ def line_through(point0: tuple[int, float], point1: tuple[int, float]) -> tuple[
 
 
 def predicted_peak(point0: tuple[int, float], point1: tuple[int, float], batch: int) -> float:
+    """GiB at `batch` on the line through two measured points."""
     fixed, per_row = line_through(point0, point1)
     return fixed + per_row * batch
 

@@ -43,11 +43,16 @@ def preset_overrides(group: str, option: str, conf_dir: Path = CONF_DIR) -> dict
     return found
 
 
+def override_key(override: str) -> str:
+    """The key a command-line override sets: `+lora.r=8` and `lora.r=8` both set lora.r."""
+    return override.split("=", 1)[0].lstrip("+")
+
+
 def check_repeated_overrides(overrides: list[str]) -> None:
     """One key given twice on the command line (`lora=r8 lora=r64`): Hydra silently takes the last."""
     seen: dict[str, str] = {}
     for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+")
+        key = override_key(override)
         if "=" not in override or key.startswith("~"):
             continue
         if key in seen:

@@ -41,6 +41,7 @@ from datetime import timedelta
 
 from pricer import distributed
 from pricer.interrupt import SIGNALS, Interrupted
+from pricer.presets import override_key
 
 from ._signals import SweepStop
 
@@ -170,12 +171,8 @@ def without_keys(argv: list[str], overrides: list[str]) -> list[str]:
     """The sweep's command line less each `key=value` that a worker's own override sets again: the
     worker's value (its share of a card's memory, its own n_jobs=1) replaces the user's, where both
     would be a key given twice, which pricer refuses."""
-    keys = {_key(override) for override in overrides}
-    return [arg for arg in argv if arg.startswith("-") or "=" not in arg or _key(arg) not in keys]
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+")
+    keys = {override_key(override) for override in overrides}
+    return [arg for arg in argv if arg.startswith("-") or "=" not in arg or override_key(arg) not in keys]
 
 
 def _torchrun_script(argv: list[str]) -> list[str]:
