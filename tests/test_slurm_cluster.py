@@ -97,12 +97,15 @@ def job_times(cluster, job_ids: list[str]) -> dict[str, tuple[str, str]]:
 
 
 def release_requeued(cluster, job_id: str, *updates: str) -> None:
-    """SLURM holds a requeued job for 120 s (Reason=BeginTime); let it start now instead, as an admin may."""
+    """SLURM holds a requeued job for 120 s (Reason=BeginTime); let it start in a few seconds instead, as an
+    admin may. Not at once: slurmd refuses a launch whose credential dates from the same second as the
+    revocation of the job's last one ("Killing non-startable batch JobId=6: Job credential revoked", seen
+    in a CI run that released the job 0.5 s after its requeue; the 120 s hold exists for this)."""
     def held() -> bool:
         return cluster.run("squeue", "-h", "-j", job_id, "-o", "%T %r").stdout.split() == ["PENDING", "BeginTime"]
 
     wait_for(held, f"job {job_id} to be requeued", timeout=240)  # under load a save and exit take a while
-    cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", *updates)
+    cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now+3", *updates)
 
 
 def test_slurm_sweep_jobs_two_at_a_time_and_a_requeued_job_resumes_its_run(
