@@ -59,14 +59,23 @@ class Interrupted(Exception):
         return Interrupted, (self.signum, self.step, self.evaluating)
 
 
+_raised: list[int] = []  # the signals RaiseOnSignal raised in this process, while it is entered
+
+
 class RaiseOnSignal:
     """Outside training (loading, claiming, pushing): a signal ends the run at once (Interrupted with no
-    step, exit 128 + signal); nothing new was saved, the run's last checkpoint stands."""
+    step, exit 128 + signal); nothing new was saved, the run's last checkpoint stands.
+
+    The handler raises inside whatever code runs, and a library's broad `except Exception` there
+    can swallow the Interrupted (peft's type hints as the config was validated, in a CI run: the
+    run trained on as if no signal had come). So the signal is also kept, and raise_if_signalled
+    raises it again where the run next checks: before its claim and as training starts."""
 
     def __init__(self) -> None:
         self.previous: dict[int, object] = {}
 
     def __enter__(self) -> "RaiseOnSignal":
+        _raised.clear()
         if threading.current_thread() is threading.main_thread():
             for sig in job_signals():
                 self.previous[sig] = signal.signal(sig, self._raise)
@@ -75,9 +84,17 @@ class RaiseOnSignal:
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+        _raised.clear()
 
     def _raise(self, signum: int, frame) -> None:
+        _raised.append(signum)
         raise Interrupted(signum, None)
+
+
+def raise_if_signalled() -> None:
+    """Interrupted again for a signal RaiseOnSignal raised and something swallowed; nothing otherwise."""
+    if _raised:
+        raise Interrupted(_raised[0], None)
 
 
 class SignalStop:
@@ -104,6 +121,7 @@ class SignalStop:
         self.restore()
 
     def install(self) -> "SignalStop":
+        raise_if_signalled()  # one that came before training and was swallowed: training does not start
         if threading.current_thread() is threading.main_thread() and not self.previous:  # handlers only there
             for sig in job_signals():
                 self.previous[sig] = signal.signal(sig, self._on_signal)

@@ -27,6 +27,7 @@ from pricer.config import RunConfig, validate
 from pricer.config_errors import ConfigError, hydra_raises, library_errors_in_one_line
 from pricer.data import DataError, load_slices
 from pricer.distributed import is_main, on_main
+from pricer.interrupt import raise_if_signalled
 from pricer.logs import install_log_filters
 from pricer.objectives import REPORTED_SCORES, sweep_objective
 from pricer.presets import check_repeated_overrides, preset_notes
@@ -56,6 +57,7 @@ def train(cfg: DictConfig) -> float:
     slices = load_slices(data.path, data.data_files, data.revision, data.max_train_samples,
                          evaluation.test_items, evaluation.val_items if holds_out else None)  # before the claim:
     # a data problem leaves no run behind
+    raise_if_signalled()  # a signal that a library swallowed while validating or reading: no run is claimed
     claim = claim_run(Path(hydra_cfg.runtime.output_dir), run.project, run.output_root, run.resume or trial.resumable_run_dir(),
                       list(hydra_cfg.overrides.task), run.hub, f"sweep-{Path(hydra_cfg.sweep.dir).name}" if multirun else None,
                       run.lora, force=run.resume_force)
