@@ -87,12 +87,15 @@ def recording_status(run_dir: Path, finish: Callable[[str], None]) -> Iterator[N
     stopped it) or failed (anything else, so resume=auto leaves it alone). `finish(status)` closes the
     tracker whatever happened, so the next job of a multirun starts its own W&B run. Rank 0 alone
     writes the status: all ranks end the same way (pricer.distributed.on_main, agreed_signal)."""
-    status = "failed"
+    from pricer.interrupt import interruption_in
+
+    status, agreed = "failed", False
     try:
         yield
         status = "finished"
     except BaseException as err:
         status = _status_of(err)
+        agreed = getattr(interruption_in(err), "agreed", False)
         full = disk_full(err, run_dir)
         if full:
             raise DiskFull(full) from None  # one line, not the library's traceback
@@ -103,8 +106,8 @@ def recording_status(run_dir: Path, finish: Callable[[str], None]) -> Iterator[N
                 write_run(run_dir, status=status)
             finally:
                 run_lock.release(run_dir)  # the next job of a --multirun, or a resume, may take it
-        if status == "interrupted":  # every rank stops on an agreed signal: none exits (and has the launcher
-            distributed.barrier()    # stop the others) before rank 0 has recorded it
+        if agreed:  # every rank stops on this signal: none exits (and has the launcher stop the
+            distributed.barrier()  # others) before rank 0 has recorded it; one rank alone meets no one
         finish(status)
 
 

@@ -131,7 +131,7 @@ def train_and_save(trainer, tokenizer, stopper, keeper, checkpoints_dir: Path, a
     finally:
         keeper.close()  # pushes queued checkpoints, however training ended
     if stopper.signum is not None and trainer.state.global_step < trainer.state.max_steps:
-        raise Interrupted(stopper.signum, trainer.state.global_step)
+        raise Interrupted(stopper.signum, trainer.state.global_step, agreed=True)  # every rank stopped at this step
     trial.raise_if_pruned()  # after the trainer's own shutdown: a pruned trial keeps its checkpoint
     if is_main():  # every rank holds the same adapter (DDP)
         trainer.model.save_pretrained(adapter_dir)  # the adapter only, a few MB

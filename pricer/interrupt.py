@@ -15,11 +15,13 @@ only then hands the job to submitit (SubmititRequeue, a Hydra callback of sweep=
 import os
 import signal
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from hydra.experimental.callback import Callback
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)  # what a sweep process forwards to its workers
+T = TypeVar("T")
 SUBMITIT_SLURM = "slurm"  # SUBMITIT_EXECUTOR in a job submitit started through sbatch
 
 
@@ -46,17 +48,22 @@ def how_to_continue(signum: int) -> str:
 
 
 class Interrupted(Exception):
-    """Training stopped on a signal after saving; exit status 128 + signal number."""
+    """Training stopped on a signal after saving; exit status 128 + signal number.
 
-    def __init__(self, signum: int, step: int | None, evaluating: bool = False) -> None:
+    `agreed`: every rank of the run raises this same Interrupted at the same point (a signal the
+    ranks agreed on, or rank 0's carried to all by pricer.distributed.on_main), so they may meet
+    once more while rank 0 records it. One raised on a single rank (a signal to that rank alone,
+    outside training) is not: that rank exits at once, and the launcher stops the others."""
+
+    def __init__(self, signum: int, step: int | None, evaluating: bool = False, agreed: bool = False) -> None:
         """`step` None: the signal came outside training (loading, pushing): nothing new was saved."""
         done = "training finished, adapter saved" if evaluating else "checkpoint saved"
         where = f"at step {step}: {done}" if step is not None else "outside training: its last checkpoint stands"
         super().__init__(f"interrupted by {signal.Signals(signum).name} {where}, {how_to_continue(signum)}")
-        self.signum, self.step, self.evaluating = signum, step, evaluating
+        self.signum, self.step, self.evaluating, self.agreed = signum, step, evaluating, agreed
 
     def __reduce__(self):  # pickled as its arguments: rank 0's Interrupted reaches the other ranks whole
-        return Interrupted, (self.signum, self.step, self.evaluating)
+        return Interrupted, (self.signum, self.step, self.evaluating, self.agreed)
 
 
 _raised: list[int] = []  # the signals RaiseOnSignal raised in this process, while it is entered
@@ -102,16 +109,22 @@ class SignalStop:
 
     During training a signal only sets a flag: the Trainer saves at the end of this step and
     stops. Once training ended (`training_ended`, after the adapter and run.json's "trained"
-    are written) a signal raises Interrupted at once: the adapter is saved, so a resume only
+    are written) a signal ends the run without waiting: the adapter is saved, so a resume only
     evaluates. One handler for both phases leaves no instant between them in which a signal
     would reach the handler outside (and read as "outside training"). The handlers go in when
     training starts (`install`) and come out when the `with` block around training and scoring ends.
+
+    After training rank 0 alone scores (`score_on_main`) while the other ranks wait for its
+    numbers. A signal raises at once on one rank and inside that scoring; anywhere else on a
+    run of several ranks it is held, and raised on every rank alike where they next meet: a
+    rank that raised alone would wait in its own collective for ranks that are in another.
     The Trainer gets this as pricer.fit.StopOnSignal (with TrainerCallback's other hooks): the
     sweeper imports this module (Interrupted, SIGNALS) in processes that never import transformers."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self.trained_step: int | None = None  # set once training ended: a signal then raises
+        self.trained_step: int | None = None  # set once training ended: a signal then ends the run
+        self.scoring = False  # rank 0 inside score_on_main: a signal raises there, and on_main carries it to all
         self.previous: dict[int, object] = {}
 
     def __enter__(self) -> "SignalStop":
@@ -133,17 +146,43 @@ class SignalStop:
         self.previous.clear()
 
     def training_ended(self, step: int, signum: int | None) -> None:
-        """From here a signal raises at once; one that came during training (`signum`, agreed by all
-        ranks) raises now, after the adapter was saved."""
+        """From here a signal ends the run; one that came during training (`signum`, agreed by all
+        ranks) raises now, after the adapter was saved. One that came since the ranks agreed is held
+        for score_on_main."""
         self.trained_step = step
-        if signum is not None or self.signum is not None:
-            raise Interrupted(signum or self.signum, step, evaluating=True)
+        if signum is not None:
+            raise Interrupted(signum, step, evaluating=True, agreed=True)
+
+    def score_on_main(self, score: Callable[[], T]) -> T:
+        """`score()` run on rank 0, its result on every rank (pricer.distributed.on_main). A signal held
+        until now, or one that comes while rank 0 scores, raises there and so on every rank; one that
+        reached another rank meanwhile raises on every rank once the scores are in."""
+        from pricer.distributed import agreed_signal, on_main
+
+        def on_rank0() -> T:
+            self.scoring = True
+            try:
+                self._raise_held()
+                return score()
+            finally:
+                self.scoring = False
+
+        result = on_main(on_rank0)
+        self.signum = agreed_signal(self.signum)
+        self._raise_held()
+        return result
+
+    def _raise_held(self) -> None:
+        if self.signum is not None:
+            raise Interrupted(self.signum, self.trained_step, evaluating=True, agreed=True)
 
     def _on_signal(self, signum: int, frame) -> None:
-        if self.trained_step is not None:
-            raise Interrupted(signum, self.trained_step, evaluating=True)
-        self.signum = signum
-        self.restore()  # a second signal ends the process the default way
+        from pricer.distributed import world_size
+
+        if self.trained_step is not None and (self.scoring or world_size() == 1):
+            raise Interrupted(signum, self.trained_step, evaluating=True, agreed=self.scoring)
+        self.signum = signum  # training: the Trainer stops at this step's end; after it: held (see the class)
+        self.restore()  # a second signal ends the process the way it would without pricer
 
     def on_step_end(self, args, state, control, **kwargs):
         from pricer.distributed import agreed_signal

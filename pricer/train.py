@@ -26,7 +26,7 @@ from pricer.claim import Claim, DiskFull, claim_run, drop_unclaimed_dir, recordi
 from pricer.config import RunConfig, validate
 from pricer.config_errors import ConfigError, hydra_raises, library_errors_in_one_line
 from pricer.data import DataError, load_slices
-from pricer.distributed import is_main, on_main
+from pricer.distributed import is_main
 from pricer.interrupt import raise_if_signalled
 from pricer.logs import install_log_filters
 from pricer.objectives import REPORTED_SCORES, sweep_objective
@@ -85,9 +85,9 @@ def train(cfg: DictConfig) -> float:
                 report_to=report_to, keeper=keeper, stopper=stopper,
                 lean_4bit=hardware.lean_4bit and bool(run.quant.get("load_in_4bit")), auto_batch_size=run.auto_batch_size)
             # from here to the end of scoring a signal ends the run at once: a resume evaluates
-            metrics = on_main(lambda: evaluate.score_slices(  # once, on rank 0: every rank gets its numbers
+            metrics = stopper.score_on_main(lambda: evaluate.score_slices(  # once, on rank 0: every rank gets its numbers
                 model, tokenizer, slices, adapter_dir, evaluation.top_k, evaluation.batch_tokens,
-                run.sft["max_length"], claim.project_run_name) | training)
+                run.sft["max_length"], claim.project_run_name)) | training
         tracking.log_summary(str(run.tracking.backend), metrics, images=[adapter_dir / "price_chart.png"])
         publish(run, claim, config_yaml, metrics)
         trial.set_trial_attrs(**{k: metrics[k] for k in REPORTED_SCORES if k in metrics})  # pricer.compare's columns
