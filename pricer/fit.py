@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+from transformers.integrations import WandbCallback
 
 from pricer.data import Items, fit_to_length
 from pricer.distributed import agreed_signal, barrier, broadcast_object, is_main
@@ -20,6 +21,7 @@ from pricer.interrupt import SignalStop
 from pricer.push import CheckpointPusher
 from pricer.resume import read_run, write_run
 from pricer.schema import Evaluation, Hardware, Hub
+from pricer.tracking import service_lost
 
 log = logging.getLogger("pricer")
 
@@ -51,6 +53,41 @@ class CheckpointKeeper(CheckpointPusher, TrainerCallback):
         return cls(run_dir, every_save, hub.private, keep, hub.push_attempts, hub.push_wait_s)
 
 
+class WandbLogging(WandbCallback):
+    """transformers' W&B callback, logging into the run pricer.tracking.start began, except that W&B's
+    service process going away (a SLURM job's signal ends it too) ends W&B's logging for this attempt,
+    not the training: the signal's checkpoint is still saved (pricer.tracking.service_lost)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = False
+
+    def _unless_lost(self, hook, *args, **kwargs):
+        if self.lost:
+            return None
+        try:
+            return hook(*args, **kwargs)
+        except ConnectionError as err:
+            self.lost = True
+            service_lost(err)
+            return None
+
+    def on_train_begin(self, *args, **kwargs):
+        return self._unless_lost(super().on_train_begin, *args, **kwargs)
+
+    def on_log(self, *args, **kwargs):
+        return self._unless_lost(super().on_log, *args, **kwargs)
+
+    def on_save(self, *args, **kwargs):
+        return self._unless_lost(super().on_save, *args, **kwargs)
+
+    def on_train_end(self, *args, **kwargs):
+        return self._unless_lost(super().on_train_end, *args, **kwargs)
+
+    def on_predict(self, *args, **kwargs):
+        return self._unless_lost(super().on_predict, *args, **kwargs)
+
+
 def fit(model, tokenizer, train_dataset, val: Items | None, *, run_dir: Path, run_name: str, sft: dict[str, Any],
         lora: dict[str, Any], seed: int, hardware: Hardware, evaluation: Evaluation, report_to: list[str],
         keeper: CheckpointKeeper, stopper: StopOnSignal, lean_4bit: bool, auto_batch_size: bool):
@@ -65,10 +102,13 @@ def fit(model, tokenizer, train_dataset, val: Items | None, *, run_dir: Path, ru
     from pricer.sft import build_sft_config, build_trainer
 
     checkpoints_dir, adapter_dir = run_dir / "checkpoints", run_dir / "adapter"
-    args = build_sft_config(sft, output_dir=str(checkpoints_dir), run_name=run_name, report_to=report_to, seed=seed,
+    # the Trainer's own W&B callback would stop training when W&B's service goes away: WandbLogging does not
+    args = build_sft_config(sft, output_dir=str(checkpoints_dir), run_name=run_name,
+                            report_to=[name for name in report_to if name != "wandb"], seed=seed,
                             use_cpu=hardware.accelerator == "cpu")
     eval_steps = evaluation.eval_steps
-    callbacks = [keeper, RecordCheckpoint(run_dir), stopper, *trial.trial_callbacks(eval_during_training=bool(eval_steps))]
+    callbacks = [keeper, RecordCheckpoint(run_dir), stopper, *trial.trial_callbacks(eval_during_training=bool(eval_steps)),
+                 *([WandbLogging()] if "wandb" in report_to else [])]
     if sft.get("max_length"):  # long rows keep their price, as evaluation keeps "Price is $"
         train_dataset = fit_to_length(train_dataset, tokenizer, sft["max_length"])
     trainer = build_trainer(model, tokenizer, args, build_lora_config(lora), train_dataset, callbacks,

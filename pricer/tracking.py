@@ -12,7 +12,7 @@ import hashlib
 import io
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pricer.distributed import is_main
@@ -28,6 +28,7 @@ OFFLINE_NOTICE = "[INFO] Running in WANDB offline mode"
 JOB_TYPES = ("train", "trial", "evaluate", "sweep")
 TAG_MAX = 64  # W&B refuses a longer tag (wandb.Settings.validate_run_tags)
 NOT_PRESETS = ("local",)  # conf/local/default.yaml: the user's own overrides, listed among the choices even when absent
+_lost: set[str] = set()  # ids of the W&B runs whose service process went away in this process (service_lost)
 
 
 def project_problem(project: Any) -> str | None:
@@ -169,9 +170,10 @@ def log_summary(backend: str, metrics: dict[str, float], images: list) -> None:
         return
     import wandb
 
-    if wandb.run is not None:
-        wandb.run.summary.update(metrics)
-        wandb.log({f"charts/{path.stem}": wandb.Image(str(path)) for path in images if path.exists()})
+    if live_run() is not None:
+        with unless_service_lost():
+            wandb.run.summary.update(metrics)
+            wandb.log({f"charts/{path.stem}": wandb.Image(str(path)) for path in images if path.exists()})
 
 
 def finish(backend: str, status: str) -> None:
@@ -180,7 +182,45 @@ def finish(backend: str, status: str) -> None:
         return
     import wandb
 
-    if wandb.run is not None:
-        if status == "interrupted":
-            wandb.mark_preempting()
-        wandb.finish(exit_code=0 if status == "finished" else 1)
+    if live_run() is not None:
+        with unless_service_lost():
+            if status == "interrupted":
+                wandb.mark_preempting()
+            wandb.finish(exit_code=0 if status == "finished" else 1)
+
+
+def live_run():
+    """This process's W&B run, or None: none started, or its service process went away (service_lost)."""
+    import wandb
+
+    return wandb.run if wandb.run is not None and wandb.run.id not in _lost else None
+
+
+@contextlib.contextmanager
+def unless_service_lost() -> Iterator[None]:
+    """W&B calls whose ConnectionError (its service process gone: service_lost) does not fail the run."""
+    try:
+        yield
+    except ConnectionError as err:
+        service_lost(err)
+
+
+def service_lost(err: ConnectionError) -> None:
+    """W&B's service process went away: say so once, and drop the dead connection.
+
+    A SLURM job's signal (preemption, its time limit, scancel) reaches every process of the job, W&B's
+    service (wandb-core) too, and that Go program exits on SIGTERM whatever its parent blocks or ignores;
+    every W&B call of the process then raises ConnectionError. The run goes on to its checkpoint and ends
+    as the signal says: its numbers stay in train.log and the checkpoints' trainer_state.json, and a resumed
+    run continues the same W&B run (its id is in run.json). Without the dead connection (wandb.teardown) a
+    next wandb.init in this process (the next job of a multirun) starts a new service."""
+    import wandb
+
+    run_id = wandb.run.id if wandb.run is not None else ""
+    if run_id not in _lost:
+        _lost.add(run_id)
+        log.warning("W&B's service process is gone (%s: %s; a SLURM job's signal ends it too): W&B run %s gets no more "
+                    "from this attempt; train.log and the checkpoints keep its numbers, and a resumed run continues it",
+                    type(err).__name__, err, run_id)
+    with contextlib.suppress(ConnectionError):
+        wandb.teardown()

@@ -92,6 +92,45 @@ def test_sigterm_saves_exits_interrupted_and_resume_auto_continues(tmp_path: Pat
 
 
 @pytest.mark.slow
+def test_a_signal_to_every_process_of_the_job_as_slurm_sends_it_still_saves_and_resumes_the_wandb_run(
+        tmp_path: Path) -> None:
+    """SLURM signals every process of a job on preemption or at its time limit, W&B's service process
+    (wandb-core) too, which exits on SIGTERM: every W&B call after it raises ConnectionResetError. Here the
+    service gets the SIGTERM first, then the run, as a job's processes do. The run still saves at this
+    step and ends interrupted (before: the Trainer's W&B callback failed the run), says once what W&B
+    missed, and resume=auto finishes it in the same W&B run."""
+    import psutil
+
+    args = [*RUN, "tracking=wandb", f"output_root={tmp_path}"]
+    first = Training([*args, f"hydra.run.dir={tmp_path}/runs/first"])
+    first.wait_for_step(6)
+    job = psutil.Process(first.proc.pid)
+    (service,) = [proc for proc in job.children(recursive=True) if proc.name() == "wandb-core"]
+    service.send_signal(signal.SIGTERM)
+    while service.is_running() and service.status() != psutil.STATUS_ZOMBIE:  # it exits within milliseconds
+        time.sleep(0.01)
+    job.send_signal(signal.SIGTERM)
+    code, err = first.finish()
+    assert code == 128 + signal.SIGTERM, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    match = re.search(r"error: interrupted by SIGTERM at step (\d+): checkpoint saved", err)
+    assert match, err[-3000:]
+    run_dir = tmp_path / "runs" / "first"
+    assert (run_dir / "checkpoints" / f"checkpoint-{match.group(1)}" / "trainer_state.json").exists()
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["status"] == "interrupted"
+    log = (run_dir / "train.log").read_text()
+    assert log.count("W&B's service process is gone (ConnectionResetError") == 1, log[-3000:]
+    assert f"W&B run {meta['wandb_id']} gets no more from this attempt" in log
+
+    again = run_cli([*args, "resume=auto", f"hydra.run.dir={tmp_path}/runs/second"])
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+    attempts = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert [path.name.rsplit("-", 1)[1] for path in attempts] == [meta["wandb_id"]] * 2  # one W&B run, resumed
+
+
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     args = [*RUN, f"output_root={tmp_path}"]
     straight = run_cli([*args, f"hydra.run.dir={tmp_path}/straight"])

@@ -110,11 +110,12 @@ def release_requeued(cluster, job_id: str, *updates: str) -> None:
 
 def test_slurm_sweep_jobs_two_at_a_time_and_a_requeued_job_resumes_its_run(
         tmp_path: Path, slurm_cluster, postgres_url: str, hub_stand_in) -> None:
-    """3 trials, n_jobs=2: each its own SLURM job, run dir, run name, Hub repo; trial 0's job is requeued
-    (`scontrol requeue`) after its first checkpoint and continues the same run from it; all COMPLETE once."""
+    """3 trials, n_jobs=2: each its own SLURM job, run dir, run name, Hub repo, W&B run; trial 0's job is
+    requeued (`scontrol requeue`) after its first checkpoint and continues the same run from it; all COMPLETE
+    once. The requeue's SIGTERM also ends W&B's service process (SLURM signals every process of the job)."""
     log = tmp_path / "sweep.log"
     proc = start_sweep(sweep_args(tmp_path, postgres_url, "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2",
-                                  "hub.push=true"), log, env={"HF_HUB_OFFLINE": "0"})
+                                  "hub.push=true", "tracking=wandb"), log, env={"HF_HUB_OFFLINE": "0"})
     run_dir = tmp_path / "sweep" / "0"
     job = wait_for(lambda: trial_attr(postgres_url, 0, "slurm_job"), "trial 0's SLURM job to start", proc=proc, log=log)
     wait_for(lambda: checkpoints(run_dir), "trial 0's first checkpoint", proc=proc, log=log)
@@ -143,6 +144,9 @@ def test_slurm_sweep_jobs_two_at_a_time_and_a_requeued_job_resumes_its_run(
     resumed = re.search(r"continuing from .*checkpoint-(\d+)", run_log)
     assert stopped and resumed, run_log[-3000:]
     assert int(resumed.group(1)) == int(stopped.group(1)) > 0, "resumed from the checkpoint saved on the signal"
+    assert "W&B's service process is gone" in run_log  # it went with the job's SIGTERM; the run saved all the same
+    attempts = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert [path.name.rsplit("-", 1)[1] for path in attempts] == [before["wandb_id"]] * 2  # one W&B run, resumed
     assert json.loads((run_dir / "adapter" / "metrics.json").read_text())["train_steps"] == STEPS
     print(f"requeue: signal at step {stopped.group(1)}, resumed from checkpoint-{resumed.group(1)}, final step {STEPS}")
 
