@@ -57,6 +57,21 @@ def offline_env(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 @pytest.fixture(autouse=True)
+def no_env_left_behind() -> Iterator[None]:
+    """Every variable a test sets or changes in os.environ goes back as it was. wandb.init in this process
+    exports WANDB_SERVICE (its service process's socket) and leaves it; every later subprocess of this worker
+    (a training run, a sweep's SLURM jobs through sbatch) then logged through that service, outside its own
+    process tree, and a test that signals a job's processes never reached it (seen in a CI run)."""
+    before = dict(os.environ)
+    yield
+    for key in [key for key in os.environ if key not in before]:
+        del os.environ[key]
+    for key, value in before.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
 def no_log_handlers_left_behind() -> Iterator[None]:
     """An in-process command (Hydra's job logging) attaches handlers to the root logger that write to this
     test's captured output and to its run's train.log; left behind, a later test's log lines went to a closed
