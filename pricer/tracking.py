@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -114,6 +115,11 @@ def start(
         return []
     import wandb
 
+    if os.environ.get("SLURM_JOB_ID"):
+        # sbatch passes the submitting process's environment on; where that process runs W&B (a notebook's
+        # kernel) it holds WANDB_SERVICE, its service's socket: on another node that socket does not exist, and
+        # on this one the service is outside the job and outlives it. A job logs through a service of its own.
+        os.environ.pop("WANDB_SERVICE", None)
     if config.get("trial"):
         config = config | {"trial": config["trial"] | {"storage": masked_url(storage or "")}}
     run = wandb.init(

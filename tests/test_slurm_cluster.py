@@ -112,10 +112,16 @@ def test_slurm_sweep_jobs_two_at_a_time_and_a_requeued_job_resumes_its_run(
         tmp_path: Path, slurm_cluster, postgres_url: str, hub_stand_in) -> None:
     """3 trials, n_jobs=2: each its own SLURM job, run dir, run name, Hub repo, W&B run; trial 0's job is
     requeued (`scontrol requeue`) after its first checkpoint and continues the same run from it; all COMPLETE
-    once. The requeue's SIGTERM also ends W&B's service process (SLURM signals every process of the job)."""
+    once. The requeue's SIGTERM also ends W&B's service process (SLURM signals every process of the job).
+    The sweep starts from a process that runs W&B, as a notebook's kernel does: sbatch passes its
+    WANDB_SERVICE on, and each job still logs through a service of its own, which the job's signal reaches."""
+    import wandb
+
+    outer = wandb.init(project="outer", dir=str(tmp_path))  # exports WANDB_SERVICE (conftest puts it back)
     log = tmp_path / "sweep.log"
     proc = start_sweep(sweep_args(tmp_path, postgres_url, "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2",
-                                  "hub.push=true", "tracking=wandb"), log, env={"HF_HUB_OFFLINE": "0"})
+                                  "hub.push=true", "tracking=wandb"), log,
+                       env={"HF_HUB_OFFLINE": "0", "WANDB_SERVICE": os.environ["WANDB_SERVICE"]})
     run_dir = tmp_path / "sweep" / "0"
     job = wait_for(lambda: trial_attr(postgres_url, 0, "slurm_job"), "trial 0's SLURM job to start", proc=proc, log=log)
     wait_for(lambda: checkpoints(run_dir), "trial 0's first checkpoint", proc=proc, log=log)
@@ -123,6 +129,7 @@ def test_slurm_sweep_jobs_two_at_a_time_and_a_requeued_job_resumes_its_run(
     slurm_cluster.run("scontrol", "requeue", job["id"])
     release_requeued(slurm_cluster, job["id"])
     out = finish(proc, log)
+    outer.finish()
     assert proc.returncode == 0, out[-4000:]
 
     trials = study(postgres_url).get_trials(deepcopy=False)
