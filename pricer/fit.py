@@ -21,7 +21,7 @@ from pricer.interrupt import SignalStop
 from pricer.push import CheckpointPusher
 from pricer.resume import read_run, write_run
 from pricer.schema import Evaluation, Hardware, Hub
-from pricer.tracking import service_lost
+from pricer.tracking import live_run, unless_service_lost
 
 log = logging.getLogger("pricer")
 
@@ -58,19 +58,12 @@ class WandbLogging(WandbCallback):
     service process going away (a SLURM job's signal ends it too) ends W&B's logging for this attempt,
     not the training: the signal's checkpoint is still saved (pricer.tracking.service_lost)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.lost = False
-
     def _unless_lost(self, hook, *args, **kwargs):
-        if self.lost:
+        if live_run() is None:  # its service went away earlier in this attempt
             return None
-        try:
+        with unless_service_lost():
             return hook(*args, **kwargs)
-        except ConnectionError as err:
-            self.lost = True
-            service_lost(err)
-            return None
+        return None
 
     def on_train_begin(self, *args, **kwargs):
         return self._unless_lost(super().on_train_begin, *args, **kwargs)
